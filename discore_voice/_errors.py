@@ -1,0 +1,86 @@
+"""The library's exception hierarchy.
+
+Every failure a user can see comes from :class:`DiscoreVoiceError`, so one ``except`` clause is
+enough to keep a bot's other tasks alive. The subclasses say whose fault it was: the server's
+(:class:`ProtocolError`), the caller's (:class:`UsageError`) or the machine's
+(:class:`NativeLibraryMissing`).
+
+Messages never contain tokens, session ids or keys: callers pass descriptions, not secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecryptionFailed",
+    "DiscoreVoiceError",
+    "EncryptionError",
+    "NativeLibraryMissing",
+    "NoCompatibleEncryptionMode",
+    "NonceExhausted",
+    "ProtocolError",
+    "UnknownOpcode",
+    "UsageError",
+]
+
+
+class DiscoreVoiceError(Exception):
+    """Base class of every exception raised by discore_voice."""
+
+
+class ProtocolError(DiscoreVoiceError):
+    """A peer (Discord, the simulator, a client) sent something that breaks the protocol.
+
+    Raised by every parser in the sans-IO core for malformed input; the trio shell turns it into a
+    logged and counted drop or a connection invalidation, never a crash.
+    """
+
+
+class UnknownOpcode(ProtocolError):
+    """A well-formed message carried an opcode we do not know.
+
+    Kept apart from other protocol errors because Discord adds undocumented opcodes from time to
+    time, and a client should skip those rather than disconnect.
+    """
+
+    def __init__(self, opcode: int, *, channel: str) -> None:
+        super().__init__(f"unknown {channel} opcode {opcode}")
+        self.opcode = opcode
+
+
+class UsageError(DiscoreVoiceError):
+    """The caller passed an argument the library cannot accept."""
+
+
+class NativeLibraryMissing(DiscoreVoiceError):
+    """A native library an audio feature needs (libopus and friends) is not installed.
+
+    Importing discore_voice never raises this; only the first use of a feature that needs the
+    library does, so a bot that only uses pre-encoded Opus can still run.
+    """
+
+    def __init__(self, library: str, install_command: str) -> None:
+        super().__init__(
+            f"the native library {library} is not installed; install it with: {install_command}"
+        )
+        self.library = library
+        self.install_command = install_command
+
+
+class EncryptionError(DiscoreVoiceError):
+    """Transport encryption cannot go on safely."""
+
+
+class NonceExhausted(EncryptionError):
+    """The 32-bit transport nonce counter wrapped.
+
+    Reusing a nonce with the same key would break AES-GCM and XChaCha20-Poly1305 alike, so the
+    connection must get a new key (a new voice session) before it sends again.
+    """
+
+
+class NoCompatibleEncryptionMode(ProtocolError):
+    """The voice server offered no transport encryption mode this library supports."""
+
+
+class DecryptionFailed(ProtocolError):
+    """An RTP packet failed authentication or could not be decrypted."""
