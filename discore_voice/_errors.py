@@ -17,6 +17,7 @@ __all__ = [
     "NativeLibraryMissing",
     "NoCompatibleEncryptionMode",
     "NonceExhausted",
+    "OpusError",
     "ProtocolError",
     "UnknownOpcode",
     "UsageError",
@@ -84,3 +85,15 @@ class NoCompatibleEncryptionMode(ProtocolError):
 
 class DecryptionFailed(ProtocolError):
     """An RTP packet failed authentication or could not be decrypted."""
+
+
+class OpusError(DiscoreVoiceError):
+    """libopus refused an operation; ``code`` is its (negative) error code.
+
+    On decode this usually means a peer sent a malformed packet: drop it and carry on (or decode
+    ``None`` to conceal the gap).
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
