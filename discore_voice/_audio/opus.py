@@ -15,6 +15,7 @@ import enum
 from types import TracebackType
 from typing import Any, Final, cast
 
+from .._core.speaking import OPUS_SILENCE_FRAME
 from .._errors import OpusError, UsageError
 from .._native import OpusLib, load_opus
 
@@ -46,8 +47,6 @@ PCM_BLOCK_SIZE: Final = FRAME_SAMPLES * CHANNELS * SAMPLE_WIDTH
 MAX_PACKET_SIZE: Final = 4000
 # The longest packet Opus allows (120 ms); a peer may send one, and decode must not fail on it.
 MAX_FRAME_SAMPLES: Final = SAMPLE_RATE * 120 // 1000
-# A 20 ms CELT frame of digital silence; Discord expects five of them before a speaker goes quiet.
-OPUS_SILENCE_FRAME: Final = b"\xf8\xff\xfe"
 
 _BYTES_PER_SAMPLE: Final = CHANNELS * SAMPLE_WIDTH
 
