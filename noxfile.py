@@ -14,27 +14,33 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PACKAGE = "discore_voice"
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    """Install into a nox-made venv; under ``--no-venv`` the bootstrap's .venv already has it all."""
+    if session.venv_backend != "none":
+        session.install(*args)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    _install(session, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev,test]")
+    _install(session, "-e", ".[dev,test]")
     session.run("mypy", "--strict", "-p", PACKAGE)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    _install(session, "-e", ".[test]")
     session.run("pytest", "-W", "error", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The quick start's first command: the fastest meaningful end-to-end check we have."""
-    session.install("-e", ".[test]")
+    _install(session, "-e", ".[test]")
     session.run("pytest", "-W", "error", "-m", "smoke", "-q", *session.posargs)
