@@ -15,7 +15,7 @@ PACKAGE = "discore_voice"
 
 
 def _install(session: nox.Session, *args: str) -> None:
-    """Install into a nox-made venv; under ``--no-venv`` the bootstrap's .venv already has it all."""
+    """Install into a nox-made venv; under ``--no-venv`` the bootstrap venv already has it."""
     if session.venv_backend != "none":
         session.install(*args)
 
