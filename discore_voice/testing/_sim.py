@@ -1,0 +1,126 @@
+"""Assembles the world, the gateway and REST into one async context manager.
+
+Everything runs in one nursery owned by the context manager, so leaving the ``async with``
+closes every listener and connection: a test cannot leak a server into the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from .._errors import UsageError
+from ._gateway import ConnectionInfo, GatewayServer
+from ._rest import RestServer
+from ._tls import TlsMaterial
+from ._world import VoiceEventsOrder, World
+
+__all__ = ["LocalDiscord", "open_local_discord"]
+
+logger = logging.getLogger("discore_voice.testing")
+
+
+class LocalDiscord(World):
+    """The running simulator: the world (see :class:`World`) plus its addresses."""
+
+    _tls: TlsMaterial | None = None
+    _gateway: GatewayServer | None = None
+    _rest: RestServer | None = None
+    _nursery: trio.Nursery | None = None
+    api_url = ""
+
+    def __repr__(self) -> str:
+        return f"<LocalDiscord gateway={self.gateway_url} api={self.api_url}>"
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    @property
+    def ca_pem_path(self) -> Path:
+        """The CA that signed the servers' certificate (only with ``tls=True``)."""
+        if self._tls is None:
+            raise UsageError("the simulator was opened without tls=True")
+        return self._tls.ca_pem_path
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A verifying client context that trusts the simulator's CA (only with ``tls=True``)."""
+        if self._tls is None:
+            raise UsageError("the simulator was opened without tls=True")
+        return self._tls.client_context()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The simulator's own nursery: servers started here (a voice gateway) end with it."""
+        if self._nursery is None:
+            raise UsageError("the simulator is not running")
+        return self._nursery
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """Every gateway websocket so far, identified or not."""
+        return [] if self._gateway is None else list(self._gateway.connections)
+
+    @property
+    def rest_requests(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every REST request so far."""
+        return [] if self._rest is None else list(self._rest.requests)
+
+
+@asynccontextmanager
+async def open_local_discord(
+    *,
+    tls: bool = False,
+    host: str = "127.0.0.1",
+    gateway_port: int = 0,
+    api_port: int = 0,
+    voice_events_order: VoiceEventsOrder = ("state", "server"),
+    heartbeat_interval: int = 41250,
+    heartbeat_timeout: float | None = None,
+    rate_limit: tuple[int, float] = (120, 60.0),
+    max_guilds_per_shard: int = 2500,
+    shard_count: int = 1,
+) -> AsyncIterator[LocalDiscord]:
+    """Run a local Discord until the block ends.
+
+    ``heartbeat_interval`` is in milliseconds, as Hello carries it. ``heartbeat_timeout`` (seconds,
+    off by default) closes a connection with 4009 when no heartbeat arrives in time.
+    ``max_guilds_per_shard`` is the 4011 threshold and ``shard_count`` what ``/gateway/bot``
+    recommends.
+    """
+    material = TlsMaterial() if tls else None
+    try:
+        discord = LocalDiscord(
+            voice_events_order=voice_events_order,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            rate_limit=rate_limit,
+            max_guilds_per_shard=max_guilds_per_shard,
+            shard_count=shard_count,
+        )
+        discord._tls = material
+        server_context = material.server_context() if material is not None else None
+        gateway = GatewayServer(discord, server_context)
+        rest = RestServer(discord, server_context, lambda: discord.gateway_url)
+        discord._gateway, discord._rest = gateway, rest
+        async with trio.open_nursery() as nursery:
+            discord._nursery = nursery
+            gateway_bound = await nursery.start(gateway.serve, host, gateway_port)
+            api_bound = await nursery.start(rest.serve, host, api_port)
+            url_host = f"[{host}]" if ":" in host else host
+            discord.gateway_url = f"{'wss' if tls else 'ws'}://{url_host}:{gateway_bound}"
+            discord.api_url = f"{'https' if tls else 'http'}://{url_host}:{api_bound}/api/v10"
+            logger.info("local discord: gateway %s, api %s", discord.gateway_url, discord.api_url)
+            try:
+                yield discord
+            finally:
+                discord._nursery = None
+                nursery.cancel_scope.cancel()
+    finally:
+        if material is not None:
+            material.cleanup()

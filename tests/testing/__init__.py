@@ -1,0 +1,1 @@
+"""Tests of the local Discord simulator, discore_voice.testing."""
