@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from ._errors import (
+    DaveError,
     DecryptionFailed,
     DiscoreVoiceError,
     EncryptionError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "OPUS_SILENCE_FRAME",
+    "DaveError",
     "DecryptionFailed",
     "DiscoreVoiceError",
     "EncryptionError",

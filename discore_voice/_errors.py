@@ -11,6 +11,7 @@ Messages never contain tokens, session ids or keys: callers pass descriptions, n
 from __future__ import annotations
 
 __all__ = [
+    "DaveError",
     "DecryptionFailed",
     "DiscoreVoiceError",
     "EncryptionError",
@@ -97,3 +98,12 @@ class OpusError(DiscoreVoiceError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DaveError(DiscoreVoiceError):
+    """davey refused an operation; the message is davey's own, which names the MLS failure.
+
+    Refusals of what the server sent (a commit, a welcome, proposals) become op 31 recovery
+    rather than this error; it surfaces for local failures (encrypting a frame, asking for a code
+    before the group exists) and for an external sender davey cannot use.
+    """
