@@ -1,0 +1,576 @@
+"""The simulator's voice gateway (v8): sessions, channels and scripted faults over trio-websocket.
+
+It speaks the server side of the same sans-IO core the client uses (payload classes, framing and
+close codes), so the two cannot drift apart without a test noticing. What Discord documents is
+enforced with its close codes, because the point of a simulator is to catch a client that only
+works against a lenient server.
+
+Sessions outlive connections: a v8 resume re-delivers the numbered messages a client missed, so
+each session keeps its own seq counter and a buffer of what it sent, trimmed by the client's
+``seq_ack``; its UDP side (SSRC, key, address) is untouched by a resume. A session ends when a
+close code says it cannot be resumed, or when the client closes normally (1000).
+
+Each connection is contained: whatever a client sends, it gets the documented close code, and an
+unexpected failure in the simulator itself is logged and closes that connection with 4015 (voice
+server crashed, which tells a client to resume) instead of taking down the server.
+
+Documented choices where Discord's docs are silent:
+
+- Hello is the only unnumbered message: it precedes any session, so on a resuming connection
+  a number would belong to no session. Heartbeat ACKs are numbered but not buffered (re-delivering
+  an old ACK helps nobody). Numbers start at 1 and wrap at 2**16, like binary frames' u16.
+- Undecodable text (not JSON, not an object, no integer ``op``) or an empty binary frame ->
+  4002; an op that is not a client op of that framing (JSON or binary) -> 4001; a known op
+  whose ``d`` is malformed -> 4002; a well-formed request that makes no sense (a Speaking SSRC
+  that is not the session's, a ``seq_ack`` beyond what was sent) -> 4020; anything but
+  Identify, Resume or Heartbeat before identifying -> 4003.
+- Identify for a user with no voice session, or with another session id -> 4006; the right
+  session id with a wrong token -> 4004. A second Identify for a live session replaces it (the
+  old connection is closed with 4006).
+- A server requiring DAVE (``dave_protocol_version > 0``) closes 4017 on an Identify whose
+  ``max_dave_protocol_version`` is lower.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+import trio_websocket
+
+from .._core.snowflake import Snowflake, validate_snowflake
+from .._core.transport import SUPPORTED_MODES, create_cipher
+from .._core.voice_frames import MAX_TEXT_FRAME, ClientBinaryMessage
+from .._core.voice_opcodes import CloseAction, VoiceCloseCode, classify_close
+from .._core.voice_payloads import (
+    SECRET_KEY_LENGTH,
+    ClientDisconnect,
+    ClientMessage,
+    ClientsConnect,
+    ClientSpeaking,
+    Identify,
+    Ready,
+    Resume,
+    Resumed,
+    SelectProtocol,
+    ServerSpeaking,
+    SessionDescription,
+)
+from .._errors import UsageError
+from ._faults import WebSocketFault
+from ._media import MediaEndpoint, MediaServer
+from ._members import SimMember
+from ._voice_auth import (
+    StaticVoiceAuthority,
+    VoiceAuthority,
+    VoiceCredentials,
+    VoiceGrant,
+    WorldVoiceAuthority,
+    _same,
+    _VoiceSessionLike,
+)
+from ._voice_connection import (
+    VoiceConnectionInfo,
+    VoiceGatewaySession,
+    _Connection,
+    _Violation,
+)
+
+__all__ = [
+    "DaveHook",
+    "StaticVoiceAuthority",
+    "VoiceAuthority",
+    "VoiceConnectionInfo",
+    "VoiceCredentials",
+    "VoiceGatewaySession",
+    "VoiceGrant",
+    "VoiceServer",
+    "WorldVoiceAuthority",
+    "open_voice_server",
+]
+
+logger = logging.getLogger("discore_voice.testing.voice")
+
+_C = VoiceCloseCode
+_HANDSHAKE_TIMEOUT = 10.0
+_CLOSE_TIMEOUT = 2.0
+
+
+class _GuildLike(Protocol):
+    @property
+    def channels(self) -> Mapping[Snowflake, object]: ...
+
+
+class _FollowableWorld(Protocol):
+    """What :meth:`VoiceServer.follow_world` needs: the world's lookups and change events."""
+
+    def voice_session(
+        self, guild_id: Snowflake, user_id: Snowflake
+    ) -> _VoiceSessionLike | None: ...
+
+    def guild(self, guild_id: Snowflake) -> _GuildLike: ...
+
+    async def wait_for(self, predicate: Callable[[], object]) -> None: ...
+
+
+# --- the DAVE layer's place -----------------------------------------------------------------------
+
+
+class DaveHook(Protocol):
+    """Where the server side of DAVE plugs in (the MLS external sender, ``_dave_server``).
+
+    Every method is called synchronously from the code handling the event, so the hook can
+    answer in order: to a websocket session with ``session.send``/``session.send_binary``, and to
+    anyone in a channel (sessions and simulated members alike) through the ``notify`` and
+    ``notify_binary`` of ``endpoint.owner`` for the endpoints of ``server.media.peers(...)``.
+    Per-session state belongs in ``session.dave_state``; members carry their own frame hooks and
+    ``dave_handler`` (see ``SimMember``).
+    """
+
+    def participant_joined(self, endpoint: MediaEndpoint) -> None:
+        """A session identified, or a member was placed, in ``endpoint.room``."""
+
+    def session_started(self, session: VoiceGatewaySession) -> None:
+        """After Session Description: the session may now take part in the MLS group."""
+
+    def client_binary(self, session: VoiceGatewaySession, message: ClientBinaryMessage) -> None:
+        """Op 26 (key package) or 28 (commit, welcome)."""
+
+    def client_message(self, session: VoiceGatewaySession, message: ClientMessage) -> None:
+        """Op 23 (transition ready) or 31 (invalid commit/welcome)."""
+
+    def participant_left(self, endpoint: MediaEndpoint) -> None:
+        """A user left the channel: its leaf must be removed from the group."""
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+class VoiceServer:
+    """A voice gateway and its UDP media server; run it with ``nursery.start(server.serve)``.
+
+    ``modes`` is what Ready offers, in order. ``heartbeat_interval_ms`` goes into Hello;
+    ``heartbeat_timeout`` (seconds, off by default) closes a silent connection with 4009.
+    ``dave_protocol_version`` is what Session Description announces to clients that support it
+    (0 until the DAVE layer exists). ``ssl_context`` serves wss://.
+    """
+
+    def __init__(
+        self,
+        authority: VoiceAuthority,
+        *,
+        modes: Sequence[str] = SUPPORTED_MODES,
+        heartbeat_interval_ms: float = 13_750.0,
+        heartbeat_timeout: float | None = None,
+        dave_protocol_version: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        resend_session_description_on_resume: bool = False,
+        max_buffered: int = 1000,
+    ) -> None:
+        if not modes:
+            raise UsageError("a voice server must offer at least one encryption mode")
+        self.authority = authority
+        self.modes: tuple[str, ...] = tuple(modes)
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.heartbeat_timeout = heartbeat_timeout
+        self.dave_protocol_version = dave_protocol_version
+        #: discord.py expects a fresh Session Description after Resumed; Discord's docs do not.
+        self.resend_session_description_on_resume = resend_session_description_on_resume
+        self.max_buffered = max_buffered
+        self.dave: DaveHook | None = None
+        self.media = MediaServer(on_change=self.changed)
+        self.sessions: list[VoiceGatewaySession] = []
+        self.connections: list[VoiceConnectionInfo] = []
+        self.members: list[SimMember] = []
+        #: Scripted closes, consumed as they fire (see :class:`WebSocketFault`).
+        self.faults: list[WebSocketFault] = []
+        self.host = ""
+        self.port = 0
+        self._ssl_context = ssl_context
+        self._changed_event = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<VoiceServer {self.endpoint_url} sessions={len(self.sessions)}>"
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl_context is not None
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port``, as VOICE_SERVER_UPDATE carries it (clients then use wss://)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def endpoint_url(self) -> str:
+        """The full URL, with the scheme this server really serves."""
+        return f"{'wss' if self.tls else 'ws'}://{self.endpoint}/?v=8"
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        media_port: int = 0,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the websocket port once both sockets listen."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.media.serve, host, media_port)
+            listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+            for listener in await trio.open_tcp_listeners(port, host=host):
+                if self._ssl_context is not None:
+                    listeners.append(
+                        trio.SSLListener(listener, self._ssl_context, https_compatible=True)
+                    )
+                else:
+                    listeners.append(listener)
+            self.host = host
+            self.port = _port_of(listeners[0])
+            task_status.started(self.port)
+            await trio.serve_listeners(self._handle_stream, listeners)
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                request = None
+                with trio.move_on_after(_HANDSHAKE_TIMEOUT):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, stream, max_message_size=MAX_TEXT_FRAME
+                    )
+                if request is not None:
+                    info = VoiceConnectionInfo(request.path)
+                    self.connections.append(info)
+                    ws = await request.accept()
+                    try:
+                        await _Connection(self, ws, stream, info).run()
+                    finally:
+                        with trio.move_on_after(_CLOSE_TIMEOUT):
+                            await ws.aclose()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            logger.exception("a voice connection failed; the voice server carries on")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- change notification -------------------------------------------------------------------
+
+    def changed(self) -> None:
+        self._changed_event.set()
+        self._changed_event = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        """Wait until ``predicate()`` is true, re-checked after every change; never sleeps."""
+        while not predicate():
+            await self._changed_event.wait()
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def session_for(self, user_id: int, guild_id: int | None = None) -> VoiceGatewaySession | None:
+        """The latest live session of a user (in a guild), or None."""
+        for session in reversed(self.sessions):
+            if (
+                session.user_id == user_id
+                and guild_id in (None, session.guild_id)
+                and session.state != "ended"
+            ):
+                return session
+        return None
+
+    def _allocate_ssrc(self) -> int:
+        while True:
+            ssrc = secrets.randbelow(0xFFFFFFFF) + 1
+            if not self.media.ssrc_in_use(ssrc):
+                return ssrc
+
+    # -- members -------------------------------------------------------------------------------
+
+    def add_member(
+        self, guild_id: int, channel_id: int, user_id: int, *, listen: bool = True
+    ) -> SimMember:
+        """Place a simulated member in a channel: bots there get Clients Connect for it.
+
+        This is the voice side only; to make the member visible on the main gateway as well,
+        give it a voice state in the world (``set_voice_state``) with the same ids.
+        """
+        member = SimMember(
+            self,
+            validate_snowflake(guild_id, name="guild_id"),
+            validate_snowflake(channel_id, name="channel_id"),
+            validate_snowflake(user_id, name="user_id"),
+            self._allocate_ssrc(),
+        )
+        member.listening = listen
+        member.endpoint = MediaEndpoint(
+            member, member.guild_id, member.channel_id, member.ssrc, "member"
+        )
+        member.endpoint.sink = member.receive_audio
+        self.members.append(member)
+        self._join(member.endpoint)
+        return member
+
+    def member_speaking(self, member: SimMember, flags: int) -> None:
+        assert member.endpoint is not None
+        member.endpoint.speaking = flags
+        self._announce_speaking(member.endpoint)
+
+    def member_left(self, member: SimMember) -> None:
+        if member.endpoint is not None:
+            self._leave(member.endpoint)
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def _join(self, endpoint: MediaEndpoint) -> None:
+        self.media.add_endpoint(endpoint)
+        peers = list(self.media.peers(endpoint))
+        if peers:
+            endpoint.owner.notify(ClientsConnect(tuple(peer.user_id for peer in peers)))
+        for peer in peers:
+            peer.owner.notify(ClientsConnect((endpoint.user_id,)))
+        for peer in peers:
+            if peer.speaking:
+                endpoint.owner.notify(ServerSpeaking(peer.user_id, peer.ssrc, peer.speaking))
+        if self.dave is not None:
+            self.dave.participant_joined(endpoint)
+        self.changed()
+
+    def _leave(self, endpoint: MediaEndpoint) -> None:
+        peers = list(self.media.peers(endpoint))
+        self.media.remove_endpoint(endpoint)
+        for peer in peers:
+            peer.owner.notify(ClientDisconnect(endpoint.user_id))
+        if self.dave is not None:
+            self.dave.participant_left(endpoint)
+        self.changed()
+
+    def _announce_speaking(self, endpoint: MediaEndpoint) -> None:
+        message = ServerSpeaking(endpoint.user_id, endpoint.ssrc, endpoint.speaking)
+        for peer in self.media.peers(endpoint):
+            peer.owner.notify(message)
+        self.changed()
+
+    # -- protocol steps (called by connections) ------------------------------------------------
+
+    def _identify(self, connection: _Connection, identify: Identify) -> None:
+        grant = self.authority.authorize(
+            identify.server_id, identify.user_id, identify.session_id, identify.token
+        )
+        if not isinstance(grant, VoiceGrant):
+            raise _Violation(grant, _describe(grant))
+        if (
+            self.dave_protocol_version > 0
+            and identify.max_dave_protocol_version < self.dave_protocol_version
+        ):
+            raise _Violation(_C.DAVE_PROTOCOL_REQUIRED, "E2EE/DAVE protocol required")
+        previous = self.session_for(grant.user_id, grant.guild_id)
+        if previous is not None:
+            if previous._connection is not None:
+                previous._connection.close(_C.SESSION_NO_LONGER_VALID, "Session replaced")
+            self._end_session(previous)
+        session = VoiceGatewaySession(self, grant, identify, self._allocate_ssrc())
+        session.dave_protocol_version = min(
+            self.dave_protocol_version, identify.max_dave_protocol_version
+        )
+        self.sessions.append(session)
+        self._attach(connection, session)
+        session.send(Ready(session.ssrc, self.media.host, self.media.port, self.modes))
+        self._join(session.endpoint)
+        logger.info("voice session identified: user %d, ssrc %d", session.user_id, session.ssrc)
+
+    def _resume(self, connection: _Connection, resume: Resume) -> None:
+        session = None
+        for candidate in reversed(self.sessions):
+            if candidate.guild_id == resume.server_id and _same(
+                candidate.session_id, resume.session_id
+            ):
+                session = candidate
+                break
+        if session is None or session.state == "ended":
+            raise _Violation(_C.SESSION_NO_LONGER_VALID, "Session no longer valid")
+        if not _same(session._token, resume.token):
+            raise _Violation(_C.AUTHENTICATION_FAILED, "Authentication failed")
+        session._check_seq_ack(resume.seq_ack)
+        previous = session._connection
+        if previous is not None and previous is not connection:
+            previous.session = None
+            previous.close(1000, "Session resumed on another connection")
+        self._attach(connection, session)
+        session.resumes += 1
+        session._redeliver(resume.seq_ack)
+        session.send(Resumed())
+        if self.resend_session_description_on_resume and session.mode is not None:
+            self._send_session_description(session)
+        logger.info("voice session resumed: user %d", session.user_id)
+
+    def _attach(self, connection: _Connection, session: VoiceGatewaySession) -> None:
+        connection.session = session
+        connection.info.session = session
+        session._connection = connection
+        session.state = "connected"
+
+    def _select_protocol(self, session: VoiceGatewaySession, select: SelectProtocol) -> None:
+        if select.protocol != "udp":
+            raise _Violation(_C.UNKNOWN_PROTOCOL, "Unknown protocol")
+        if select.mode not in self.modes:
+            raise _Violation(_C.UNKNOWN_ENCRYPTION_MODE, "Unknown encryption mode")
+        key = secrets.token_bytes(SECRET_KEY_LENGTH)
+        session.select_protocol = select
+        session.mode = select.mode
+        session._secret_key = key
+        endpoint = session.endpoint
+        endpoint.cipher_in = create_cipher(select.mode, key)
+        endpoint.cipher_out = create_cipher(select.mode, key)
+        endpoint.address = (select.address, select.port)
+        self._send_session_description(session)
+        if self.dave is not None:
+            self.dave.session_started(session)
+
+    def _send_session_description(self, session: VoiceGatewaySession) -> None:
+        assert session.mode is not None and session._secret_key is not None
+        session.send(
+            SessionDescription(session.mode, session._secret_key, session.dave_protocol_version)
+        )
+
+    def _speaking(self, session: VoiceGatewaySession, speaking: ClientSpeaking) -> None:
+        if speaking.ssrc != session.ssrc:
+            raise _Violation(_C.BAD_REQUEST, "Speaking with an SSRC that is not the session's")
+        session.speaking_states.append(speaking.speaking)
+        session.endpoint.speaking = speaking.speaking
+        self._announce_speaking(session.endpoint)
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def _closing_session(self, session: VoiceGatewaySession, code: int, *, by_server: bool) -> None:
+        ends = (code == 1000) if not by_server else classify_close(code) is not CloseAction.RESUME
+        if ends:
+            self._end_session(session)
+
+    def _connection_ended(self, connection: _Connection, code: int, *, by_server: bool) -> None:
+        session = connection.session
+        if session is None:
+            self.changed()
+            return
+        session.close_codes.append(code)
+        if session._connection is connection:
+            session._connection = None
+            if session.state != "ended":
+                session.state = "disconnected"
+            if not by_server:
+                self._closing_session(session, code, by_server=False)
+        self.changed()
+
+    def _end_session(self, session: VoiceGatewaySession) -> None:
+        if session.state == "ended":
+            return
+        session.state = "ended"
+        self._leave(session.endpoint)
+        logger.info("voice session ended: user %d", session.user_id)
+
+    # -- following the main gateway ------------------------------------------------------------
+
+    async def follow_world(self, world: _FollowableWorld) -> None:
+        """End voice sessions the main gateway has invalidated, with Discord's close codes.
+
+        Runs until cancelled (start it in the simulator's nursery). A kick, a leave, a move or
+        the end of the gateway session closes the voice websocket with 4014; a deleted channel,
+        or a new token for the same channel (a voice server change), with 4022. Without this, a
+        bot kicked on the main gateway would keep a live voice session, which Discord never
+        allows.
+        """
+
+        def stale() -> bool:
+            return any(self._world_verdict(world, s) is not None for s in self._live_sessions())
+
+        while True:
+            await world.wait_for(stale)
+            for session in self._live_sessions():
+                code = self._world_verdict(world, session)
+                if code is not None:
+                    logger.info("the main gateway ended a voice session; closing with %d", code)
+                    self.end_session(session, code)
+
+    def _live_sessions(self) -> list[VoiceGatewaySession]:
+        return [session for session in self.sessions if session.state != "ended"]
+
+    @staticmethod
+    def _world_verdict(world: _FollowableWorld, session: VoiceGatewaySession) -> int | None:
+        try:
+            current = world.voice_session(session.guild_id, session.user_id)
+        except UsageError:
+            current = None
+        if current is not None and current.channel_id == session.channel_id:
+            if _same(current.token, session._token):
+                return None
+            return _C.DISCONNECTED_CALL_TERMINATED
+        try:
+            exists = session.channel_id in world.guild(session.guild_id).channels
+        except UsageError:
+            exists = False
+        return _C.DISCONNECTED if exists else _C.DISCONNECTED_CALL_TERMINATED
+
+    # -- scripted faults -----------------------------------------------------------------------
+
+    def close(self, session: VoiceGatewaySession, code: int, reason: str = "") -> None:
+        """Close a session's live connection with any code, or :data:`ABRUPT` (TCP drop).
+
+        Codes after which Discord does not resume (everything but 4015 and 1000-1015) end the
+        session at once, with Client Disconnect to the others in the channel.
+        """
+        connection = session._connection
+        if connection is None:
+            raise UsageError("that voice session has no live connection")
+        connection.close(code, reason or _describe(code))
+
+    def stall_heartbeat_acks(self, session: VoiceGatewaySession, stalled: bool = True) -> None:
+        """Stop (or restart) acknowledging heartbeats: the client sees a zombie connection."""
+        session.stall_heartbeat_acks = stalled
+        self.changed()
+
+    def end_session(self, session: VoiceGatewaySession, code: int = _C.DISCONNECTED) -> None:
+        """End a session from the server side (the user was kicked or moved): close and leave."""
+        if session._connection is not None:
+            session._connection.close(code, _describe(code))
+        self._end_session(session)
+
+
+def _describe(code: int) -> str:
+    try:
+        return VoiceCloseCode(code).name.replace("_", " ").capitalize()
+    except ValueError:
+        return "Closed by the simulator"
+
+
+def _port_of(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def open_voice_server(
+    authority: VoiceAuthority | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **options: Any,
+) -> AsyncIterator[VoiceServer]:
+    """Run a voice server (with a :class:`StaticVoiceAuthority` by default) for a block."""
+    server = VoiceServer(authority if authority is not None else StaticVoiceAuthority(), **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, host, port)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
