@@ -74,8 +74,14 @@ Documented choices where Discord's docs are silent or the simulator simplifies:
 
 from __future__ import annotations
 
+from ._faults import ABRUPT, UdpFaults
 from ._gateway import ConnectionInfo
+from ._media import MediaServer
+from ._members import SimMember
+from ._recording import Recording
 from ._sim import LocalDiscord, open_local_discord
+from ._stats import MediaStats, StreamStats
+from ._voice_gateway import VoiceGatewaySession, VoiceServer
 from ._world import (
     GUILD_VOICE_STATES,
     GUILDS,
@@ -91,6 +97,7 @@ from ._world import (
 )
 
 __all__ = [
+    "ABRUPT",
     "GUILDS",
     "GUILD_VOICE_STATES",
     "PRIVILEGED_INTENTS",
@@ -99,9 +106,17 @@ __all__ = [
     "Dispatch",
     "GatewaySession",
     "LocalDiscord",
+    "MediaServer",
+    "MediaStats",
+    "Recording",
     "SimChannel",
     "SimGuild",
+    "SimMember",
     "SimUser",
+    "StreamStats",
+    "UdpFaults",
+    "VoiceGatewaySession",
+    "VoiceServer",
     "VoiceSession",
     "VoiceState",
     "open_local_discord",

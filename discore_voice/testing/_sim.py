@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
+from .._core.snowflake import Snowflake
+from .._core.transport import SUPPORTED_MODES
 from .._errors import UsageError
 from ._gateway import ConnectionInfo, GatewayServer
+from ._members import SimMember
 from ._rest import RestServer
 from ._tls import TlsMaterial
+from ._voice_gateway import VoiceServer, WorldVoiceAuthority
 from ._world import VoiceEventsOrder, World
 
 __all__ = ["LocalDiscord", "open_local_discord"]
@@ -31,6 +35,7 @@ class LocalDiscord(World):
     _tls: TlsMaterial | None = None
     _gateway: GatewayServer | None = None
     _rest: RestServer | None = None
+    _voice_server: VoiceServer | None = None
     _nursery: trio.Nursery | None = None
     api_url = ""
 
@@ -62,6 +67,30 @@ class LocalDiscord(World):
         return self._nursery
 
     @property
+    def voice(self) -> VoiceServer:
+        """The voice gateway and UDP media server: sessions, members, stats, faults."""
+        if self._voice_server is None:
+            raise UsageError("the simulator is not running")
+        return self._voice_server
+
+    def add_voice_member(
+        self,
+        guild_id: Snowflake,
+        channel_id: Snowflake,
+        *,
+        name: str = "member",
+        listen: bool = True,
+    ) -> SimMember:
+        """A simulated human in a voice channel, seen by bots on both gateways.
+
+        It joins the guild, gets a voice state on the main gateway, and speaks and listens on
+        the voice server; ``member.leave()`` takes it out of the voice server only.
+        """
+        user = self.guild(guild_id).add_member(name)
+        self.set_voice_state(guild_id, user.user_id, channel_id)
+        return self.voice.add_member(guild_id, channel_id, user.user_id, listen=listen)
+
+    @property
     def connections(self) -> list[ConnectionInfo]:
         """Every gateway websocket so far, identified or not."""
         return [] if self._gateway is None else list(self._gateway.connections)
@@ -85,13 +114,17 @@ async def open_local_discord(
     rate_limit: tuple[int, float] = (120, 60.0),
     max_guilds_per_shard: int = 2500,
     shard_count: int = 1,
+    voice_modes: Sequence[str] = SUPPORTED_MODES,
+    voice_heartbeat_interval_ms: float = 13_750.0,
+    resend_session_description_on_resume: bool = False,
 ) -> AsyncIterator[LocalDiscord]:
     """Run a local Discord until the block ends.
 
     ``heartbeat_interval`` is in milliseconds, as Hello carries it. ``heartbeat_timeout`` (seconds,
     off by default) closes a connection with 4009 when no heartbeat arrives in time.
     ``max_guilds_per_shard`` is the 4011 threshold and ``shard_count`` what ``/gateway/bot``
-    recommends.
+    recommends. ``voice_modes`` are the transport modes the voice server offers, in order.
+    ``resend_session_description_on_resume`` imitates what discord.py expects after a resume.
     """
     material = TlsMaterial() if tls else None
     try:
@@ -107,11 +140,23 @@ async def open_local_discord(
         server_context = material.server_context() if material is not None else None
         gateway = GatewayServer(discord, server_context)
         rest = RestServer(discord, server_context, lambda: discord.gateway_url)
-        discord._gateway, discord._rest = gateway, rest
+        voice = VoiceServer(
+            WorldVoiceAuthority(discord),
+            modes=voice_modes,
+            heartbeat_interval_ms=voice_heartbeat_interval_ms,
+            ssl_context=server_context,
+            resend_session_description_on_resume=resend_session_description_on_resume,
+        )
+        discord._gateway, discord._rest, discord._voice_server = gateway, rest, voice
         async with trio.open_nursery() as nursery:
             discord._nursery = nursery
             gateway_bound = await nursery.start(gateway.serve, host, gateway_port)
             api_bound = await nursery.start(rest.serve, host, api_port)
+            await nursery.start(voice.serve, host)
+            nursery.start_soon(voice.follow_world, discord)
+            # Discord sends a bare host:port (clients add wss://); without TLS our clients take a
+            # full ws:// URL as given, so that plain-socket tests need no certificate.
+            discord.voice_endpoint = voice.endpoint if tls else voice.endpoint_url
             url_host = f"[{host}]" if ":" in host else host
             discord.gateway_url = f"{'wss' if tls else 'ws'}://{url_host}:{gateway_bound}"
             discord.api_url = f"{'https' if tls else 'http'}://{url_host}:{api_bound}/api/v10"
