@@ -1,0 +1,154 @@
+"""Gateway-voice bridges: everything a voice connection needs from the main gateway, and no more.
+
+A voice connection needs the bot's user id, the VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE
+dispatches, and a way to send op 4. :class:`GatewayVoiceBridge` is exactly that. A
+:class:`~discore_voice.Shard` satisfies it; :class:`ForwardedBridge` satisfies it for voice that
+runs away from the shard (another process, another machine), fed with the dispatches the main
+bot forwards. The bridge going away shows as its subscriptions ending (``async for`` stops), and
+as :class:`BridgeClosed` from :meth:`update_voice_state`.
+
+A voice worker fed over a byte stream (a socket to the main bot), one JSON object per line::
+
+    async def voice_worker(stream: trio.abc.Stream, user_id: int) -> None:
+        async def send_voice_state(guild_id, channel_id, self_mute, self_deaf):
+            request = {"op": 4, "d": {"guild_id": str(guild_id),
+                       "channel_id": None if channel_id is None else str(channel_id),
+                       "self_mute": self_mute, "self_deaf": self_deaf}}
+            await stream.send_all(json.dumps(request).encode() + b"\\n")
+
+        with ForwardedBridge(user_id, send_voice_state) as bridge:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_voice, bridge)  # connects voice through the bridge
+                buffer = b""
+                async for chunk in stream:  # the main bot forwards {"t": ..., "d": ...}
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\\n")
+                    for line in lines:
+                        event = json.loads(line)
+                        bridge.dispatch(event["t"], event["d"])
+            # leaving the with block closes the bridge: voice sees its subscriptions end
+
+On the main bot's side, forward ``shard.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)`` to
+the stream, and call ``shard.update_voice_state(...)`` for each op 4 request coming back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from .._core.gateway_errors import BridgeClosed
+from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.snowflake import Snowflake, validate_snowflake
+from .._errors import UsageError
+from .shard_events import EventHub, Subscription
+
+__all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceState"]
+
+_logger = logging.getLogger("discore_voice.gateway.bridge")
+
+VOICE_EVENTS = frozenset({VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE})
+
+SendVoiceState = Callable[[Snowflake, Snowflake | None, bool, bool], Awaitable[None]]
+"""``async (guild_id, channel_id | None, self_mute, self_deaf) -> None``: send op 4."""
+
+
+@runtime_checkable
+class GatewayVoiceBridge(Protocol):
+    """What a voice connection needs from the main gateway.
+
+    ``subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)`` yields the raw dispatches
+    ``(name, d)``; the subscription ends when the bridge goes away. ``update_voice_state`` sends
+    op 4, or raises :class:`BridgeClosed` once the bridge is gone.
+    """
+
+    @property
+    def user_id(self) -> Snowflake: ...
+
+    def subscribe(self, *event_names: str) -> Subscription: ...
+
+    async def update_voice_state(
+        self,
+        guild_id: int | str,
+        channel_id: int | str | None,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+    ) -> None: ...
+
+
+class ForwardedBridge:
+    """A bridge fed by hand with dispatches forwarded from a shard elsewhere.
+
+    ``send_voice_state`` is awaited for each op 4 the voice side wants sent; it should hand the
+    request to the main bot, which sends it through its shard.
+    """
+
+    def __init__(
+        self, user_id: int | str, send_voice_state: SendVoiceState, *, buffer_size: int = 64
+    ) -> None:
+        if not callable(send_voice_state):
+            raise UsageError("send_voice_state must be an async callable")
+        self._user_id = validate_snowflake(user_id, name="user_id")
+        self._send_voice_state = send_voice_state
+        self._hub = EventHub(_logger, buffer_size)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._hub.closed else "open"
+        return f"<ForwardedBridge user_id={self._user_id} {state} subscriptions={len(self._hub)}>"
+
+    @property
+    def user_id(self) -> Snowflake:
+        return self._user_id
+
+    @property
+    def is_closed(self) -> bool:
+        return self._hub.closed
+
+    def subscribe(self, *event_names: str, buffer_size: int | None = None) -> Subscription:
+        """Receive the forwarded voice events (both if none are named)."""
+        unknown = set(event_names) - VOICE_EVENTS
+        if unknown:
+            raise UsageError(
+                "a forwarded bridge carries only VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE"
+            )
+        return self._hub.subscribe(event_names or VOICE_EVENTS, buffer_size)
+
+    def dispatch(self, event_name: str, data: Any) -> None:
+        """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""
+        if event_name not in VOICE_EVENTS or self._hub.closed:
+            return
+        self._hub.publish(event_name, data)
+
+    async def update_voice_state(
+        self,
+        guild_id: int | str,
+        channel_id: int | str | None,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+    ) -> None:
+        guild = validate_snowflake(guild_id, name="guild_id")
+        channel = None if channel_id is None else validate_snowflake(channel_id, name="channel_id")
+        if not isinstance(self_mute, bool) or not isinstance(self_deaf, bool):
+            raise UsageError("self_mute and self_deaf must be booleans")
+        if self._hub.closed:
+            raise BridgeClosed("the forwarded bridge is closed")
+        await self._send_voice_state(guild, channel, self_mute, self_deaf)
+
+    def close(self) -> None:
+        """The other side went away: end every subscription. Idempotent."""
+        self._hub.close()
+
+    def __enter__(self) -> ForwardedBridge:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

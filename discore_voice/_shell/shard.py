@@ -1,0 +1,611 @@
+"""A main gateway shard: the trio shell around :class:`GatewayProtocol`.
+
+``open_shard`` is an async context manager. It yields once READY arrived, runs the shard's one task
+in its own nursery, and on exit closes the websocket (code 1000: the session ends) and every
+subscription, leaving no task or socket behind.
+
+Failure policy:
+
+- Everything Discord documents as reconnectable (dropped connections, most close codes, op 7,
+  op 9, a zombie connection, malformed payloads) is handled inside: resume through
+  ``resume_gateway_url`` when the session allows it, identify afresh otherwise, with backoff for
+  connections that keep failing.
+- The close codes Discord says never to retry (4004 token, 4010/4011 sharding, 4012 version,
+  4013/4014 intents), and a TLS certificate that does not verify, are fatal: a
+  :class:`GatewayError` subclass. Before READY it is raised by ``async with open_shard(...)``
+  itself. After READY the shard closes every subscription (so ``async for`` loops end), cancels
+  the body of the ``async with`` block, and raises the error out of it. Only library exceptions
+  leave this way; never a bare ``ExceptionGroup`` of ours.
+- Using a stopped shard raises :class:`ShardClosed`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import sys
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_websocket
+
+from .._core.gateway_errors import (
+    CloseAction,
+    CloseVerdict,
+    GatewayError,
+    ShardClosed,
+)
+from .._core.gateway_intents import Intents
+from .._core.gateway_limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
+from .._core.gateway_protocol import (
+    Dispatched,
+    GatewayEvent,
+    GatewayProtocol,
+    HeartbeatAcked,
+    ReconnectRequested,
+    SendKind,
+    SendPayload,
+    SessionInvalidated,
+    SessionReady,
+    SessionResumed,
+    ZombieConnection,
+    build_gateway_url,
+)
+from .._core.gateway_voice import build_voice_state_update
+from .._core.snowflake import Snowflake, validate_snowflake
+from .._errors import ProtocolError, UnknownOpcode, UsageError
+from .shard_events import DEFAULT_BUFFER_SIZE, EventHub, Subscription
+from .websocket import (
+    WebSocketConnectFailed,
+    close_websocket,
+    connect_websocket,
+    shielded_nursery,
+)
+
+__all__ = ["DEFAULT_GATEWAY_URL", "Shard", "open_shard", "shard_for_guild"]
+
+DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg"
+# Discord closes with 4002 any payload over 4096 bytes.
+MAX_SEND_SIZE = 4096
+# Compressed frames; a big bot's READY or GUILD_CREATE can exceed trio-websocket's 1 MiB default.
+MAX_RECEIVE_SIZE = 16 * 1024 * 1024
+# Close code for a close that must keep the session resumable (1000/1001 would end it).
+RESUMABLE_CLOSE = 4000
+# How long leaving ``open_shard`` waits for the websocket close handshake.
+CLOSE_GRACE = 5.0
+
+_logger = logging.getLogger("discore_voice.gateway")
+
+
+class _ShardLog(logging.LoggerAdapter[logging.Logger]):
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"shard {extra['shard_id']}/{extra['shard_count']}: {msg}", kwargs
+
+
+def shard_for_guild(guild_id: int | str, shard_count: int) -> int:
+    """The shard that serves ``guild_id``: ``(guild_id >> 22) % shard_count``."""
+    guild = validate_snowflake(guild_id, name="guild_id")
+    _check_shard_numbers(0, shard_count)
+    return (guild >> 22) % shard_count
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How one connection ended, and what the next one should do.
+
+    ``healthy``: it reached READY or RESUMED, so reconnecting at once is reasonable; a
+    connection that ends before that backs off, so a failing handshake never spins.
+    """
+
+    verdict: CloseVerdict
+    healthy: bool
+    wait: float | None = None
+
+
+class Shard:
+    """One gateway connection (a shard) of a bot. Create it with :func:`open_shard`.
+
+    Satisfies :class:`~discore_voice.GatewayVoiceBridge`, so voice connections can use it
+    directly.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        intents: Intents,
+        shard_id: int,
+        shard_count: int,
+        gateway_url: str,
+        ssl_context: ssl.SSLContext | None,
+        identify_limiter: IdentifyLimiter,
+        buffer_size: int,
+        connect_timeout: float,
+    ) -> None:
+        self._intents = intents
+        self._shard_id = shard_id
+        self._shard_count = shard_count
+        self._gateway_url = gateway_url
+        self._ssl_context = ssl_context
+        self._identify_limiter = identify_limiter
+        self._connect_timeout = connect_timeout
+        self._protocol = GatewayProtocol(
+            token,
+            intents=int(intents),
+            shard_id=shard_id,
+            shard_count=shard_count,
+            properties={"os": sys.platform, "browser": "discore_voice", "device": "discore_voice"},
+        )
+        self._log = _ShardLog(_logger, {"shard_id": shard_id, "shard_count": shard_count})
+        self._hub = EventHub(self._log, buffer_size)
+        self._limiter = SendRateLimiter()
+        self._send_lock = trio.Lock()
+        self._user_id: Snowflake = 0
+        self._live: trio_websocket.WebSocketConnection | None = None
+        self._state_changed = trio.Event()
+        self._settled = trio.Event()
+        self._finished = trio.Event()
+        self._active_scope: trio.CancelScope | None = None
+        self._stopped = False
+        self._closing = False
+        self._failure: GatewayError | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._stopped else "ready" if self.is_ready else "reconnecting"
+        return (
+            f"<Shard {self._shard_id}/{self._shard_count} user_id={self._user_id} "
+            f"intents={int(self._intents)} {state}>"
+        )
+
+    # --- public surface -------------------------------------------------------------------
+
+    @property
+    def user_id(self) -> Snowflake:
+        """The bot's user id, from READY."""
+        return self._user_id
+
+    @property
+    def intents(self) -> Intents:
+        return self._intents
+
+    @property
+    def shard_id(self) -> int:
+        return self._shard_id
+
+    @property
+    def shard_count(self) -> int:
+        return self._shard_count
+
+    @property
+    def is_ready(self) -> bool:
+        """Connected with a live session (False while reconnecting, and once closed)."""
+        return self._live is not None and not self._stopped
+
+    @property
+    def is_closed(self) -> bool:
+        return self._stopped
+
+    @property
+    def failure(self) -> GatewayError | None:
+        """The fatal error that stopped the shard, if one did."""
+        return self._failure
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds between the last heartbeat and its ACK."""
+        return self._protocol.latency
+
+    def serves_guild(self, guild_id: int | str) -> bool:
+        """Whether Discord routes ``guild_id``'s events (and voice) through this shard."""
+        guild = validate_snowflake(guild_id, name="guild_id")
+        return (guild >> 22) % self._shard_count == self._shard_id
+
+    def subscribe(self, *event_names: str, buffer_size: int | None = None) -> Subscription:
+        """Receive dispatches named ``event_names`` (every dispatch if none are named).
+
+        Subscribing to a stopped shard gives a subscription that is already ended.
+        """
+        return self._hub.subscribe(event_names, buffer_size)
+
+    async def update_voice_state(
+        self,
+        guild_id: int | str,
+        channel_id: int | str | None,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+    ) -> None:
+        """Send op 4: join or move to ``channel_id``, or leave with None.
+
+        Returns once sent (not once Discord answered). Waits for the rate limiter, and for a
+        reconnect to finish if the shard is between connections. Like any gateway send, a
+        request written just as Discord drops the connection can be lost: callers that need the
+        answer (a voice connection) wait for it with a timeout.
+        """
+        guild = validate_snowflake(guild_id, name="guild_id")
+        channel = None if channel_id is None else validate_snowflake(channel_id, name="channel_id")
+        if not isinstance(self_mute, bool) or not isinstance(self_deaf, bool):
+            raise UsageError("self_mute and self_deaf must be booleans")
+        if not self._intents & Intents.GUILD_VOICE_STATES:
+            self._log.warning(
+                "updating a voice state without the GUILD_VOICE_STATES intent: Discord will "
+                "not send the VOICE_STATE_UPDATE a voice connection needs"
+            )
+        if not self.serves_guild(guild):
+            self._log.warning("guild %d is not served by this shard; Discord ignores op 4", guild)
+        self._log.debug("voice state update: guild %d, channel %s", guild, channel)
+        await self._send_ordinary(
+            build_voice_state_update(guild, channel, self_mute=self_mute, self_deaf=self_deaf)
+        )
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def _send_ordinary(self, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        if len(text.encode()) > MAX_SEND_SIZE:
+            raise UsageError(f"a gateway payload must not exceed {MAX_SEND_SIZE} bytes")
+        async with self._send_lock:
+            while True:
+                if self._stopped:
+                    raise ShardClosed(self._closed_message())
+                connection = self._live
+                if connection is None:
+                    await self._state_changed.wait()
+                    continue
+                delay = self._limiter.delay(trio.current_time())
+                if delay > 0:
+                    self._log.debug("send rate limit reached; waiting %.2f s", delay)
+                    await trio.sleep(delay)
+                    continue
+                self._limiter.record(trio.current_time())
+                try:
+                    await connection.send_message(text)
+                except trio_websocket.ConnectionClosed:
+                    # The shard task notices too and reconnects; send again on the next
+                    # connection.
+                    if self._live is connection:
+                        await self._state_changed.wait()
+                    continue
+                return
+
+    async def _send_priority(
+        self, connection: trio_websocket.WebSocketConnection, payload: dict[str, Any]
+    ) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        # Reserved slots make a wait here near impossible; a sleep is still safer than a 4008.
+        delay = self._limiter.delay(trio.current_time(), priority=True)
+        if delay > 0:
+            await trio.sleep(delay)
+        self._limiter.record(trio.current_time())
+        await connection.send_message(text)
+
+    def _closed_message(self) -> str:
+        if self._failure is not None:
+            return f"the shard stopped: {self._failure}"
+        return "the shard is closed"
+
+    def _notify(self) -> None:
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    # --- the shard task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._session_loop()
+        except GatewayError as exc:
+            self._failure = exc
+        except Exception as exc:
+            # A bug of ours: surface it as a library error rather than a bare exception.
+            error = GatewayError(f"the shard stopped on an unexpected {type(exc).__name__}")
+            error.__cause__ = exc
+            self._failure = error
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        self._live = None
+        self._hub.close()
+        self._notify()
+        self._settled.set()
+        self._finished.set()
+        if self._failure is not None:
+            # A fatal close needs no traceback; an unexpected error (a bug) does.
+            cause = self._failure.__cause__
+            unexpected = cause is not None and not isinstance(cause, WebSocketConnectFailed)
+            self._log.error("stopped: %s", self._failure, exc_info=cause if unexpected else None)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+        else:
+            self._log.info("closed")
+
+    async def _session_loop(self) -> None:
+        backoff = ReconnectBackoff()
+        while not self._closing:
+            resuming = self._protocol.can_resume
+            url = self._protocol.connect_url(self._gateway_url)
+            self._log.info(
+                "connecting (%s, attempt %d)",
+                "resume" if resuming else "identify",
+                backoff.attempts + 1,
+            )
+            try:
+                outcome = await self._connect_once(url)
+            except WebSocketConnectFailed as exc:
+                if exc.certificate:
+                    raise GatewayError(str(exc)) from exc
+                # Discord: when a reconnect to resume_gateway_url fails, go back to the base URL
+                # (a resume is still worth trying there).
+                self._protocol.resume_gateway_url = None
+                delay = backoff.next_delay(random.random())
+                self._log.warning("%s; retrying in %.1f s", exc, delay)
+                await self._pause(delay)
+                continue
+            if outcome is None:
+                return
+            verdict = outcome.verdict
+            if verdict.action is CloseAction.FATAL:
+                assert verdict.error is not None
+                raise verdict.error
+            if outcome.healthy:
+                backoff.reset()
+            if outcome.wait is not None:
+                delay = outcome.wait
+            elif outcome.healthy:
+                delay = 0.0
+            else:
+                delay = backoff.next_delay(random.random())
+            self._log.info(
+                "disconnected: %s; %s in %.1f s",
+                verdict.description,
+                "resuming" if verdict.action is CloseAction.RESUME else "identifying",
+                delay,
+            )
+            await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        with self._interruptible():
+            await trio.sleep(delay)
+
+    def _interruptible(self) -> trio.CancelScope:
+        """A scope that a graceful close cancels (sleeps, connecting, driving a connection).
+
+        The websocket's reader task stays outside it, so a closing shard can still complete the
+        close handshake.
+        """
+        scope = trio.CancelScope()
+        if self._closing:
+            scope.cancel()
+        self._active_scope = scope
+        return scope
+
+    async def _connect_once(self, url: str) -> _Outcome | None:
+        """Run one connection; None when the shard is closing."""
+        outcome: _Outcome | None = None
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                readers: trio.Nursery = await nursery.start(shielded_nursery)
+                try:
+                    opened = None
+                    with self._interruptible():
+                        opened = await connect_websocket(
+                            readers,
+                            url,
+                            ssl_context=self._ssl_context,
+                            connect_timeout=self._connect_timeout,
+                            max_message_size=MAX_RECEIVE_SIZE,
+                        )
+                    if opened is not None:
+                        connection, stream = opened
+                        try:
+                            with self._interruptible():
+                                outcome = await self._drive(connection)
+                        finally:
+                            self._live = None
+                            self._notify()
+                            code = 1000 if self._closing else RESUMABLE_CLOSE
+                            await close_websocket(connection, stream, code=code)
+                finally:
+                    readers.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            failure = _collapse(group)
+            if failure is group:
+                raise
+        if failure is not None:
+            raise failure
+        return outcome
+
+    async def _close_gracefully(self) -> None:
+        """Interrupt whatever the shard task does, let it close its websocket with 1000, wait."""
+        self._closing = True
+        if self._active_scope is not None:
+            self._active_scope.cancel()
+        await self._finished.wait()
+
+    async def _drive(self, connection: trio_websocket.WebSocketConnection) -> _Outcome:
+        """Run one connection until it must be replaced; never returns for a healthy one."""
+        protocol = self._protocol
+        protocol.begin_connection(jitter=random.random())
+        self._limiter.reset()
+        healthy = False
+        identify: tuple[float, dict[str, Any]] | None = None
+        try:
+            while True:
+                now = trio.current_time()
+                events: list[GatewayEvent] = protocol.poll(now)
+                if identify is not None and identify[0] <= now:
+                    self._log.info("identifying with intents %d", protocol.intents)
+                    await self._send_priority(connection, identify[1])
+                    identify = None
+                wake = protocol.next_wakeup()
+                if identify is not None:
+                    wake = identify[0] if wake is None else min(wake, identify[0])
+                if not events:
+                    with trio.move_on_at(wake if wake is not None else float("inf")):
+                        message = await connection.get_message()
+                        try:
+                            if isinstance(message, str):
+                                events = protocol.receive_text(message, trio.current_time())
+                            else:
+                                events = protocol.receive_bytes(message, trio.current_time())
+                        except UnknownOpcode as exc:
+                            self._log.debug("ignored: %s", exc)
+                        except ProtocolError as exc:
+                            self._log.warning("reconnecting after a malformed payload: %s", exc)
+                            return _Outcome(protocol.connection_lost(None), healthy)
+                for event in events:
+                    if isinstance(event, SendPayload):
+                        if event.kind is SendKind.IDENTIFY:
+                            at = self._identify_limiter.reserve(trio.current_time(), self._shard_id)
+                            identify = (at, event.payload)
+                        else:
+                            if event.kind is SendKind.RESUME:
+                                self._log.info("resuming at sequence %s", protocol.sequence)
+                            await self._send_priority(connection, event.payload)
+                    elif isinstance(event, Dispatched):
+                        self._hub.publish(event.name, event.data)
+                    elif isinstance(event, SessionReady | SessionResumed):
+                        healthy = True
+                        if isinstance(event, SessionReady):
+                            self._user_id = event.user_id
+                            self._log.info("ready as user %d", event.user_id)
+                        else:
+                            self._log.info("resumed")
+                        self._live = connection
+                        self._notify()
+                        self._settled.set()
+                    elif isinstance(event, HeartbeatAcked):
+                        self._log.debug("heartbeat acknowledged (latency %s s)", event.latency)
+                    elif isinstance(event, ReconnectRequested):
+                        verdict = protocol.connection_lost(None)
+                        return _Outcome(
+                            CloseVerdict(verdict.action, "Discord asked for a reconnect (op 7)"),
+                            healthy,
+                        )
+                    elif isinstance(event, SessionInvalidated):
+                        verdict = protocol.connection_lost(None)
+                        if event.resumable:
+                            description = "the session was invalidated (op 9, resumable)"
+                            return _Outcome(CloseVerdict(verdict.action, description), healthy)
+                        description = "the session was invalidated (op 9, not resumable)"
+                        return _Outcome(
+                            CloseVerdict(CloseAction.IDENTIFY, description),
+                            healthy,
+                            wait=random.uniform(1.0, 5.0),
+                        )
+                    elif isinstance(event, ZombieConnection):
+                        self._log.warning("no heartbeat ACK since the last heartbeat; reconnecting")
+                        verdict = protocol.connection_lost(None)
+                        description = "zombie connection (heartbeat not acknowledged)"
+                        return _Outcome(CloseVerdict(verdict.action, description), healthy)
+        except trio_websocket.ConnectionClosed as exc:
+            code = exc.reason.code if exc.reason is not None else None
+            return _Outcome(protocol.connection_lost(code), healthy)
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """One exception out of a nursery's group, when that is all it holds."""
+    leaves = list(_leaves(group))
+    if len(leaves) == 1:
+        return leaves[0]
+    if leaves and all(isinstance(leaf, trio.Cancelled) for leaf in leaves):
+        return leaves[0]
+    return group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    result: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            result.extend(_leaves(exc))
+        else:
+            result.append(exc)
+    return result
+
+
+def _check_shard_numbers(shard_id: int, shard_count: int) -> None:
+    for name, value in (("shard_id", shard_id), ("shard_count", shard_count)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{name} must be an integer")
+    if shard_count < 1:
+        raise UsageError("shard_count must be at least 1")
+    if not 0 <= shard_id < shard_count:
+        raise UsageError("shard_id must be at least 0 and below shard_count")
+
+
+@asynccontextmanager
+async def open_shard(
+    token: str,
+    *,
+    intents: Intents | int,
+    shard_id: int = 0,
+    shard_count: int = 1,
+    gateway_url: str = DEFAULT_GATEWAY_URL,
+    ssl_context: ssl.SSLContext | None = None,
+    identify_limiter: IdentifyLimiter | None = None,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Shard]:
+    """Connect one shard and yield it once READY arrived.
+
+    ``ssl_context`` verifies ``wss://`` (default: ``ssl.create_default_context()``); pass one
+    trusting a test CA for a local simulator. Shards of one bot started together should share one
+    ``identify_limiter`` built with the bot's ``max_concurrency``. ``buffer_size`` is each
+    subscription's default buffer. See the module docstring for what is raised, and when.
+
+    Network failures are retried with backoff for as long as the block lasts, including before
+    the first READY: bound the wait with ``trio.fail_after`` where that matters.
+    """
+    if not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token):
+        raise UsageError("token must be a non-empty string without whitespace")
+    if isinstance(intents, bool) or not isinstance(intents, int) or intents < 0:
+        raise UsageError("intents must be an Intents value (a non-negative integer)")
+    _check_shard_numbers(shard_id, shard_count)
+    build_gateway_url(gateway_url)  # validates: UsageError for anything but ws:// or wss://
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise UsageError("ssl_context must be an ssl.SSLContext")
+    if not connect_timeout > 0:
+        raise UsageError("connect_timeout must be positive")
+    shard = Shard(
+        token,
+        intents=Intents(intents),
+        shard_id=shard_id,
+        shard_count=shard_count,
+        gateway_url=gateway_url,
+        ssl_context=ssl_context,
+        identify_limiter=identify_limiter if identify_limiter is not None else IdentifyLimiter(),
+        buffer_size=buffer_size,
+        connect_timeout=connect_timeout,
+    )
+    failure: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            shard._nursery = nursery
+            nursery.start_soon(shard._run)
+            await shard._settled.wait()
+            if not shard._stopped:
+                try:
+                    yield shard
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                        await shard._close_gracefully()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        failure = _collapse(group)
+        if failure is group:
+            raise
+    if failure is not None:
+        raise failure
+    if shard._failure is not None:
+        raise shard._failure
+    if not shard._closing:
+        raise ShardClosed("the shard stopped before it was ready")

@@ -1,0 +1,1 @@
+"""Tests of the trio shell against the local Discord simulator (real sockets on loopback)."""
