@@ -5,10 +5,11 @@ channel like any client, but hands its Opus frames straight to the media server,
 them with each bot's own key and counter. A bot therefore receives a member's audio exactly as it
 would receive a Discord user's, while a test keeps full control of what is said and when.
 
-DAVE is not here yet. Its place is marked: ``frame_encryptor`` wraps each Opus frame before the
-transport encrypts it, and ``frame_decryptor`` unwraps what the member hears, so a per-member
-davey session can be plugged in without touching the media path. The silence frame bypasses
-both, as DAVE specifies.
+DAVE plugs in through hooks, so the media path stays the same with or without it:
+``frame_encryptor`` wraps each Opus frame before the transport encrypts it, and
+``frame_decryptor`` unwraps what the member hears. In a DAVE call the gateway's DAVE layer gives
+the member its own MLS client (``dave``, see ``_dave_members``) and sets both hooks to it. The
+silence frame bypasses both, as DAVE specifies.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._recording import ReceivedPacket, Recording
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
+    from ._dave_members import SimDaveMember
     from ._media import MediaEndpoint, MediaServer
 
 __all__ = ["FRAME_SECONDS", "FrameTransform", "SimMember"]
@@ -88,6 +90,10 @@ class SimMember:
         self.dave_messages: list[ServerMessage | ServerBinaryMessage] = []
         #: The DAVE layer's handler for them (the member's own MLS client, added later).
         self.dave_handler: Callable[[ServerMessage | ServerBinaryMessage], None] | None = None
+        #: The member's own MLS client in a DAVE call, set by the gateway's DAVE layer.
+        self.dave: SimDaveMember | None = None
+        #: Non-silence frames that reached this member while it listened, opened or not.
+        self.frames_heard = 0
         self.listening = True
         self.left = False
         self.speaking = 0
@@ -102,6 +108,32 @@ class SimMember:
     @property
     def user_id(self) -> int:
         return self._user_id
+
+    # -- DAVE, as a test reads it ----------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        """The member's MLS epoch (``None`` outside DAVE); equal epochs, one group generation."""
+        return None if self.dave is None else self.dave.client.epoch
+
+    @property
+    def voice_privacy_code(self) -> str | None:
+        """The code Discord's clients display; equal codes mean one shared group."""
+        return None if self.dave is None else self.dave.client.voice_privacy_code
+
+    @property
+    def dave_protocol_version(self) -> int:
+        return 0 if self.dave is None else self.dave.client.protocol_version
+
+    @property
+    def dave_decrypt_failures(self) -> int:
+        """Frames this member could not trust or open: lost audio for a real user."""
+        return 0 if self.dave is None else self.dave.client.decrypt_failures
+
+    @property
+    def frames_decrypted(self) -> int:
+        """Frames that arrived end-to-end encrypted and opened."""
+        return 0 if self.dave is None else self.dave.frames_decrypted
 
     # -- what the server tells it --------------------------------------------------------------
 
@@ -126,6 +158,8 @@ class SimMember:
         if not self.listening:
             return
         payload = packet.payload
+        if payload != OPUS_SILENCE_FRAME:
+            self.frames_heard += 1
         if self.frame_decryptor is not None and payload != OPUS_SILENCE_FRAME:
             try:
                 payload = self.frame_decryptor(source.user_id, payload)

@@ -21,6 +21,7 @@ from ._gateway import ConnectionInfo, GatewayServer
 from ._members import SimMember
 from ._rest import RestServer
 from ._tls import TlsMaterial
+from ._dave_gateway import DEFAULT_TRANSITION_TIMEOUT, DaveMode
 from ._voice_gateway import VoiceServer, WorldVoiceAuthority
 from ._world import VoiceEventsOrder, World
 
@@ -117,6 +118,8 @@ async def open_local_discord(
     voice_modes: Sequence[str] = SUPPORTED_MODES,
     voice_heartbeat_interval_ms: float = 13_750.0,
     resend_session_description_on_resume: bool = False,
+    dave: DaveMode = "optional",
+    dave_transition_timeout: float = DEFAULT_TRANSITION_TIMEOUT,
 ) -> AsyncIterator[LocalDiscord]:
     """Run a local Discord until the block ends.
 
@@ -125,6 +128,10 @@ async def open_local_discord(
     ``max_guilds_per_shard`` is the 4011 threshold and ``shard_count`` what ``/gateway/bot``
     recommends. ``voice_modes`` are the transport modes the voice server offers, in order.
     ``resend_session_description_on_resume`` imitates what discord.py expects after a resume.
+    ``dave``: ``"required"`` is Discord since 2026-03 (a client offering no DAVE is closed with
+    4017); ``"optional"`` (the default, so clients without DAVE can still be tested) runs DAVE
+    and makes the call transport-only while a client without it is present; ``"off"`` speaks
+    no DAVE at all. ``dave_transition_timeout`` is how long a transition waits for op 23s.
     """
     material = TlsMaterial() if tls else None
     try:
@@ -146,6 +153,8 @@ async def open_local_discord(
             heartbeat_interval_ms=voice_heartbeat_interval_ms,
             ssl_context=server_context,
             resend_session_description_on_resume=resend_session_description_on_resume,
+            dave_mode=dave,
+            dave_transition_timeout=dave_transition_timeout,
         )
         discord._gateway, discord._rest, discord._voice_server = gateway, rest, voice
         async with trio.open_nursery() as nursery:

@@ -27,8 +27,10 @@ Documented choices where Discord's docs are silent:
 - Identify for a user with no voice session, or with another session id -> 4006; the right
   session id with a wrong token -> 4004. A second Identify for a live session replaces it (the
   old connection is closed with 4006).
-- A server requiring DAVE (``dave_protocol_version > 0``) closes 4017 on an Identify whose
-  ``max_dave_protocol_version`` is lower.
+- A server requiring DAVE (``dave_protocol_version > 0``, or ``dave_mode="required"``) closes
+  4017 on an Identify whose ``max_dave_protocol_version`` is lower.
+- ``dave_mode`` other than ``"off"`` installs the simulator's own DAVE layer
+  (``_dave_gateway``); see there for what ``"optional"`` does in mixed calls.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from .._core.voice_payloads import (
     SessionDescription,
 )
 from .._errors import UsageError
+from ._dave_gateway import DEFAULT_TRANSITION_TIMEOUT, DaveGateway, DaveMode
 from ._faults import WebSocketFault
 from ._media import MediaEndpoint, MediaServer
 from ._members import SimMember
@@ -157,7 +160,10 @@ class VoiceServer:
     ``modes`` is what Ready offers, in order. ``heartbeat_interval_ms`` goes into Hello;
     ``heartbeat_timeout`` (seconds, off by default) closes a silent connection with 4009.
     ``dave_protocol_version`` is what Session Description announces to clients that support it
-    (0 until the DAVE layer exists). ``ssl_context`` serves wss://.
+    when no DAVE layer is installed (a test plugging in its own hook). ``dave_mode`` installs the
+    simulator's DAVE layer: ``"required"`` (4017 for clients without DAVE) or ``"optional"``
+    (they get a transport-only call); ``dave_transition_timeout`` is how long (seconds) it waits
+    for members' op 23. ``ssl_context`` serves wss://.
     """
 
     def __init__(
@@ -168,6 +174,8 @@ class VoiceServer:
         heartbeat_interval_ms: float = 13_750.0,
         heartbeat_timeout: float | None = None,
         dave_protocol_version: int = 0,
+        dave_mode: DaveMode = "off",
+        dave_transition_timeout: float = DEFAULT_TRANSITION_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         resend_session_description_on_resume: bool = False,
         max_buffered: int = 1000,
@@ -183,6 +191,15 @@ class VoiceServer:
         self.resend_session_description_on_resume = resend_session_description_on_resume
         self.max_buffered = max_buffered
         self.dave: DaveHook | None = None
+        if dave_mode not in ("off", "optional", "required"):
+            raise UsageError(f"dave_mode is 'off', 'optional' or 'required', not {dave_mode!r}")
+        self.dave_mode: DaveMode = dave_mode
+        if dave_mode != "off":
+            self.dave = DaveGateway(self, dave_mode, transition_timeout=dave_transition_timeout)
+            if dave_mode == "required":
+                self.dave_protocol_version = max(dave_protocol_version, 1)
+        #: The serving nursery (None when not serving): DAVE transition timers run in it.
+        self.nursery: trio.Nursery | None = None
         self.media = MediaServer(on_change=self.changed)
         self.sessions: list[VoiceGatewaySession] = []
         self.connections: list[VoiceConnectionInfo] = []
@@ -226,6 +243,7 @@ class VoiceServer:
     ) -> None:
         """Serve until cancelled; reports the websocket port once both sockets listen."""
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
             await nursery.start(self.media.serve, host, media_port)
             listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
             for listener in await trio.open_tcp_listeners(port, host=host):
@@ -238,7 +256,10 @@ class VoiceServer:
             self.host = host
             self.port = _port_of(listeners[0])
             task_status.started(self.port)
-            await trio.serve_listeners(self._handle_stream, listeners)
+            try:
+                await trio.serve_listeners(self._handle_stream, listeners)
+            finally:
+                self.nursery = None
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         try:
@@ -517,6 +538,23 @@ class VoiceServer:
         except UsageError:
             exists = False
         return _C.DISCONNECTED if exists else _C.DISCONNECTED_CALL_TERMINATED
+
+    # -- DAVE ----------------------------------------------------------------------------------
+
+    @property
+    def dave_gateway(self) -> DaveGateway:
+        """The simulator's DAVE layer (per-channel state, faults); only with a ``dave_mode``."""
+        if not isinstance(self.dave, DaveGateway):
+            raise UsageError("this voice server runs without the simulator's DAVE layer")
+        return self.dave
+
+    def dave_downgrade(self, channel_id: int) -> None:
+        """Take a call to transport-only encryption (op 21 version 0, then op 22)."""
+        self.dave_gateway.downgrade(channel_id)
+
+    def dave_upgrade(self, channel_id: int) -> None:
+        """Bring a transport-only call back to DAVE (op 25, op 24 epoch 1, a new group)."""
+        self.dave_gateway.upgrade(channel_id)
 
     # -- scripted faults -----------------------------------------------------------------------
 
