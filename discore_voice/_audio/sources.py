@@ -1,0 +1,477 @@
+"""Things ``play()`` can play: async iterators of 20 ms frames, PCM to encode or Opus to send as is.
+
+A source only produces frames; pacing, encoding and sending belong to the connection. That
+split is what lets a pre-encoded Opus file skip the encoder entirely (:class:`OggOpusSource`
+says ``kind is SourceKind.OPUS``), and lets one connection play PCM from bytes, a file, an
+async generator or any format PyAV decodes through the same send path.
+
+Blocking work happens in worker threads (``trio.to_thread.run_sync``): file reads and PyAV's
+decoding. Container parsing stays on the trio thread, in the sans-IO
+:mod:`discore_voice._audio.ogg`: it costs microseconds per page, and doing it in a worker
+would only expose it to the GIL's 5 ms switch interval instead.
+
+Files are opened for each read and closed before the read returns, so an abandoned source
+holds no file descriptor and cannot leak one; only :class:`AvSource` keeps a decoder open
+between reads, and :meth:`AudioSource.aclose` (or ``async with``) frees it.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from types import ModuleType, TracebackType
+from typing import Any, ClassVar, Final, Protocol, Self
+
+import trio
+
+from .._core.pcm_buffer import BYTES_PER_SAMPLE, PCM_BLOCK_SIZE, apply_volume, check_gain
+from .._errors import NativeLibraryMissing, UsageError
+from .ogg import AudioSourceError, OggFormatError, OggOpusReader, UnsupportedAudio
+
+__all__ = [
+    "AV_INSTALL_COMMAND",
+    "AudioExtraMissing",
+    "AudioSource",
+    "AudioSourceError",
+    "AvSource",
+    "OggFormatError",
+    "OggOpusSource",
+    "PcmSource",
+    "SourceKind",
+    "UnsupportedAudio",
+]
+
+#: What installs the optional PyAV dependency.
+AV_INSTALL_COMMAND: Final = "python -m pip install 'discore-voice[av]'"
+# Half a second of PCM per worker-thread hop: few hops, and a pause or stop reacts quickly.
+_PCM_READ_SIZE: Final = 25 * PCM_BLOCK_SIZE
+# Ogg pages are read 64 KiB at a time: about four seconds of 128 kbps Opus per hop.
+_OGG_READ_SIZE: Final = 64 * 1024
+_SAMPLE_RATE: Final = 48_000
+
+PathLike = str | os.PathLike[str]
+
+
+class AudioExtraMissing(NativeLibraryMissing):
+    """An optional extra (PyAV, for decoding arbitrary audio files) is not installed."""
+
+    def __init__(self, extra: str, library: str, install_command: str) -> None:
+        super().__init__(f"{library} (the discore-voice[{extra}] extra)", install_command)
+        self.extra = extra
+
+
+class SourceKind(enum.Enum):
+    """What a source's frames are, which decides whether the sender runs the encoder."""
+
+    #: 3840-byte frames of 48 kHz stereo s16le PCM: the connection encodes them.
+    PCM = "pcm"
+    #: Opus packets of 20 ms: the connection sends them byte for byte.
+    OPUS = "opus"
+
+
+class AudioSource(abc.ABC):
+    """An async iterator of frames, played once; ``async with`` it to free what it holds early."""
+
+    kind: ClassVar[SourceKind]
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """What error messages call this source: a path, or a label the caller chose."""
+        return self._name
+
+    @property
+    def needs_encoding(self) -> bool:
+        return self.kind is SourceKind.PCM
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r}>"
+
+    def __aiter__(self) -> Self:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> bytes:
+        """The next frame; ``StopAsyncIteration`` at the end."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release what the source holds; iterating afterwards ends at once. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _source_name(path: PathLike) -> str:
+    return os.fspath(path)
+
+
+def _file_error(name: str, exc: OSError) -> AudioSourceError:
+    if isinstance(exc, FileNotFoundError):
+        return AudioSourceError(name, "no such file")
+    if isinstance(exc, IsADirectoryError):
+        return AudioSourceError(name, "is a directory, not an audio file")
+    if isinstance(exc, PermissionError):
+        return AudioSourceError(name, "permission denied")
+    return AudioSourceError(name, f"cannot be read: {exc.strerror or exc}")
+
+
+def _read_at(path: PathLike, offset: int, size: int) -> tuple[bytes, int]:
+    """Read ``size`` bytes at ``offset``; also return the file's size (runs in a worker)."""
+    with open(path, "rb") as file:
+        total = os.fstat(file.fileno()).st_size
+        file.seek(offset)
+        return file.read(size), total
+
+
+def _as_chunk(item: object, name: str) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    try:
+        return memoryview(item).cast("B").tobytes()  # type: ignore[arg-type]
+    except TypeError:
+        raise AudioSourceError(
+            name, f"yielded a {type(item).__name__}; PCM chunks must be bytes-like"
+        ) from None
+
+
+class _Chunks(Protocol):
+    """Where a source's raw bytes come from; ``b""`` means the end."""
+
+    async def read(self) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class _BytesChunks:
+    def __init__(self, data: bytes, size: int) -> None:
+        self._data = memoryview(data)
+        self._offset = 0
+        self._size = size
+
+    async def read(self) -> bytes:
+        start = self._offset
+        self._offset = start + self._size
+        return self._data[start : start + self._size].tobytes()
+
+    async def close(self) -> None:
+        self._offset = len(self._data)
+
+
+class _FileChunks:
+    def __init__(self, path: PathLike, name: str, size: int, *, whole_samples: bool) -> None:
+        self._path = path
+        self._name = name
+        self._offset = 0
+        self._size = size
+        self._whole_samples = whole_samples
+        self._done = False
+
+    async def read(self) -> bytes:
+        if self._done:
+            return b""
+        try:
+            data, total = await trio.to_thread.run_sync(
+                _read_at, self._path, self._offset, self._size
+            )
+        except OSError as exc:
+            self._done = True
+            raise _file_error(self._name, exc) from exc
+        if self._offset == 0 and self._whole_samples and total % BYTES_PER_SAMPLE:
+            # Known before anything plays, so refuse the file rather than play most of it.
+            self._done = True
+            raise AudioSourceError(
+                self._name,
+                f"is {total} bytes, not a whole number of {BYTES_PER_SAMPLE}-byte stereo s16le "
+                "samples; raw PCM files must be 48 kHz, 16-bit, stereo, without a header",
+            )
+        self._offset += len(data)
+        if not data:
+            self._done = True
+        return data
+
+    async def close(self) -> None:
+        self._done = True
+
+
+class _IterChunks:
+    def __init__(self, chunks: AsyncIterable[Any], name: str) -> None:
+        self._iterator: AsyncIterator[Any] | None = aiter(chunks)
+        self._name = name
+
+    async def read(self) -> bytes:
+        iterator = self._iterator
+        while iterator is not None:
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                self._iterator = None
+                return b""
+            chunk = _as_chunk(item, self._name)
+            if chunk:
+                return chunk
+        return b""
+
+    async def close(self) -> None:
+        iterator, self._iterator = self._iterator, None
+        closer = getattr(iterator, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class PcmSource(AudioSource):
+    """48 kHz stereo s16le PCM, re-cut into 20 ms frames; the last one is padded with silence.
+
+    Input arrives in blocks of any size (an async iterator may yield a few bytes at a time);
+    whatever does not fill a frame waits for the next block. ``volume`` applies to each frame
+    as it is taken, so a change is heard within one frame rather than after a queue drains.
+    """
+
+    kind = SourceKind.PCM
+
+    def __init__(self, chunks: _Chunks, *, name: str, volume: float = 1.0) -> None:
+        super().__init__(name)
+        self._chunks = chunks
+        self._volume = check_gain(volume)
+        self._pending = bytearray()
+        self._eof = False
+        self._closed = False
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, volume: float = 1.0, name: str = "<PCM bytes>") -> Self:
+        """Play PCM held in memory."""
+        chunk = _as_chunk(data, name)
+        if len(chunk) % BYTES_PER_SAMPLE:
+            raise AudioSourceError(
+                name,
+                f"is {len(chunk)} bytes, not a whole number of {BYTES_PER_SAMPLE}-byte stereo "
+                "s16le samples (48 kHz, 16-bit, 2 channels)",
+            )
+        return cls(_BytesChunks(chunk, _PCM_READ_SIZE), name=name, volume=volume)
+
+    @classmethod
+    def from_file(cls, path: PathLike, *, volume: float = 1.0) -> Self:
+        """Play a headerless PCM file (``ffmpeg -f s16le -ar 48000 -ac 2`` output)."""
+        name = _source_name(path)
+        return cls(
+            _FileChunks(path, name, _PCM_READ_SIZE, whole_samples=True), name=name, volume=volume
+        )
+
+    @classmethod
+    def from_iterable(
+        cls, chunks: AsyncIterable[bytes], *, volume: float = 1.0, name: str = "<PCM stream>"
+    ) -> Self:
+        """Play PCM as a producer delivers it, in blocks of any size."""
+        if not isinstance(chunks, AsyncIterable):
+            raise UsageError(
+                f"from_iterable() needs an async iterable of bytes, got {type(chunks).__name__}"
+            )
+        return cls(_IterChunks(chunks, name), name=name, volume=volume)
+
+    @property
+    def volume(self) -> float:
+        """Linear gain: 1.0 unchanged, 0.5 about -6 dB, 0.0 mute; loud samples clip."""
+        return self._volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self._volume = check_gain(value)
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        pending = self._pending
+        while len(pending) < PCM_BLOCK_SIZE and not self._eof:
+            try:
+                chunk = await self._chunks.read()
+            except Exception:
+                # A failed source plays no further; release its producer (a user's async
+                # generator left suspended would otherwise be finalised at some random later
+                # point, outside any nursery).
+                self._closed = True
+                await self._chunks.close()
+                raise
+            if chunk:
+                pending += chunk
+            else:
+                self._eof = True
+        if len(pending) >= PCM_BLOCK_SIZE:
+            frame = bytes(pending[:PCM_BLOCK_SIZE])
+            del pending[:PCM_BLOCK_SIZE]
+        elif pending:
+            self._closed = True
+            stray = len(pending) % BYTES_PER_SAMPLE
+            if stray:
+                raise AudioSourceError(
+                    self._name,
+                    f"ends with {stray} stray bytes, not a whole {BYTES_PER_SAMPLE}-byte stereo "
+                    "s16le sample; the PCM before them was played",
+                )
+            frame = bytes(pending) + bytes(PCM_BLOCK_SIZE - len(pending))
+            pending.clear()
+        else:
+            self._closed = True
+            raise StopAsyncIteration
+        volume = self._volume
+        return frame if volume == 1.0 else apply_volume(frame, volume)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._pending.clear()
+        await self._chunks.close()
+
+
+class OggOpusSource(AudioSource):
+    """The Opus packets of an Ogg Opus file, byte for byte: no decoding, no re-encoding.
+
+    The file must hold 20 ms frames (what libopus, opusenc and ffmpeg produce by default);
+    longer packets made of 20 ms frames are split exactly, and anything else fails with
+    :class:`UnsupportedAudio` naming the file, and is never sent at the wrong rate.
+    """
+
+    kind = SourceKind.OPUS
+
+    def __init__(self, chunks: _Chunks, *, name: str) -> None:
+        super().__init__(name)
+        self._chunks = chunks
+        self._reader = OggOpusReader(name)
+        self._packets: deque[bytes] = deque()
+        self._eof = False
+        self._closed = False
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> Self:
+        name = _source_name(path)
+        return cls(_FileChunks(path, name, _OGG_READ_SIZE, whole_samples=False), name=name)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, name: str = "<Ogg Opus bytes>") -> Self:
+        return cls(_BytesChunks(_as_chunk(data, name), _OGG_READ_SIZE), name=name)
+
+    async def __anext__(self) -> bytes:
+        packets = self._packets
+        while not packets:
+            if self._closed or self._eof:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._chunks.read()
+                if chunk:
+                    packets.extend(self._reader.feed(chunk))
+                else:
+                    self._eof = True
+                    self._reader.close()
+            except BaseException:
+                self._closed = True
+                raise
+        return packets.popleft()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._packets.clear()
+        await self._chunks.close()
+
+
+def _import_av() -> ModuleType:
+    try:
+        import av  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise AudioExtraMissing("av", "PyAV", AV_INSTALL_COMMAND) from None
+    module: ModuleType = av
+    return module
+
+
+def _decode_blocks(av: Any, path: PathLike, name: str) -> Iterator[bytes]:
+    """Decode and resample to 48 kHz stereo s16 in a worker; yields about half a second a time.
+
+    A generator, so the container stays open between thread hops and is closed by the
+    generator's ``finally`` (from :meth:`AvSource.aclose`, or at garbage collection).
+    """
+    av_errors = (av.FFmpegError, OSError, ValueError, IndexError)
+    try:
+        container = av.open(os.fspath(path), mode="r")
+    except av_errors as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise AudioSourceError(name, "no such file") from None
+        raise AudioSourceError(name, f"PyAV cannot open it: {exc}") from None
+    try:
+        if not container.streams.audio:
+            raise UnsupportedAudio(name, "has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=_SAMPLE_RATE)
+        block = bytearray()
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    # A plane may be padded past its samples for alignment: cut it to size.
+                    block += bytes(out.planes[0])[: out.samples * BYTES_PER_SAMPLE]
+                if len(block) >= _PCM_READ_SIZE:
+                    yield bytes(block)
+                    block.clear()
+            for out in resampler.resample(None):
+                block += bytes(out.planes[0])[: out.samples * BYTES_PER_SAMPLE]
+        except av_errors as exc:
+            raise AudioSourceError(name, f"PyAV cannot decode it: {exc}") from None
+        if block:
+            yield bytes(block)
+    finally:
+        container.close()
+
+
+def _next_block(blocks: Iterator[bytes]) -> bytes:
+    return next(blocks, b"")
+
+
+class _AvChunks:
+    def __init__(self, av: ModuleType, path: PathLike, name: str) -> None:
+        self._blocks: Iterator[bytes] | None = None
+        self._av = av
+        self._path = path
+        self._name = name
+        self._done = False
+
+    async def read(self) -> bytes:
+        if self._done:
+            return b""
+        if self._blocks is None:
+            self._blocks = _decode_blocks(self._av, self._path, self._name)
+        try:
+            block = await trio.to_thread.run_sync(_next_block, self._blocks)
+        except BaseException:
+            self._done = True
+            raise
+        if not block:
+            self._done = True
+        return block
+
+    async def close(self) -> None:
+        self._done = True
+        blocks, self._blocks = self._blocks, None
+        if blocks is not None and hasattr(blocks, "close"):
+            await trio.to_thread.run_sync(blocks.close)
+
+
+class AvSource(PcmSource):
+    """Any audio file FFmpeg reads (mp3, flac, wav, ogg, m4a...), via the optional PyAV extra.
+
+    Decoded and resampled to 48 kHz stereo s16 in a worker thread, then encoded by the
+    connection like any PCM. Needs ``pip install 'discore-voice[av]'``; without it, creating
+    the source raises :class:`AudioExtraMissing` naming the extra.
+    """
+
+    def __init__(self, path: PathLike, *, volume: float = 1.0) -> None:
+        av = _import_av()
+        name = _source_name(path)
+        super().__init__(_AvChunks(av, path, name), name=name, volume=volume)
