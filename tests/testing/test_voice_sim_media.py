@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from discore_voice._audio.opus import OpusDecoder, OpusEncoder
+from discore_voice._audio.signals import zero_crossing_frequency
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from discore_voice._core.transport import (
     AES256_GCM_RTPSIZE,
@@ -33,7 +34,6 @@ from .test_voice_sim_support import (
     open_udp,
     sine_pcm,
     voice_server,
-    zero_crossing_frequency,
 )
 
 PCM_FRAME = 3840

@@ -9,8 +9,6 @@ modules import it.
 from __future__ import annotations
 
 import array
-import itertools
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from discore_voice._audio import signals
 from discore_voice._core.ip_discovery import build_request, parse_response
 from discore_voice._core.transport import TransportCipher, create_cipher
 from discore_voice._core.voice_frames import (
@@ -212,47 +211,15 @@ async def joined(
 
 def sine_pcm(frequency: float, seconds: float, amplitude: float = 0.5) -> bytes:
     """48 kHz stereo s16le, the same sine on both channels."""
-    count = int(48_000 * seconds)
-    samples = array.array("h")
-    for index in range(count):
-        value = int(amplitude * 32767 * math.sin(2 * math.pi * frequency * index / 48_000))
-        samples.append(value)
-        samples.append(value)
-    return samples.tobytes()
+    return signals.sine_pcm(seconds, hz=frequency, amplitude=amplitude)
 
 
-def left_channel(pcm: bytes) -> list[int]:
-    samples = array.array("h")
-    samples.frombytes(pcm)
-    return list(samples[0::2])
+def left_channel(pcm: bytes) -> array.array[int]:
+    return signals.channel(pcm, 0)
 
 
-def zero_crossing_frequency(samples: list[int]) -> float:
-    crossings = sum(1 for a, b in itertools.pairwise(samples) if a < 0 <= b)
-    return crossings * 48_000 / len(samples)
-
-
-def correlation(a: list[int], b: list[int]) -> float:
-    length = min(len(a), len(b))
-    a, b = a[:length], b[:length]
-    mean_a, mean_b = sum(a) / length, sum(b) / length
-    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b, strict=True))
-    var_a = sum((x - mean_a) ** 2 for x in a)
-    var_b = sum((y - mean_b) ** 2 for y in b)
-    return cov / math.sqrt(var_a * var_b) if var_a and var_b else 0.0
-
-
-def best_correlation(reference: list[int], decoded: list[int], period: int = 110) -> float:
-    """Correlation after aligning the codec delay, over the middle of the signal (the encoder
-    ramps in at the start). A pure tone repeats every period, so the delay only needs finding
-    modulo one period, on a short window; the score is then taken over the whole middle."""
-    start = 4800
-    window = reference[start : start + 4800]
-    lag = max(
-        range(period), key=lambda k: correlation(window, decoded[start + k : start + k + 4800])
-    )
-    length = min(len(reference), len(decoded) - lag) - 2 * start
-    assert length > 9600, "too little audio to compare"
-    return correlation(
-        reference[start : start + length], decoded[start + lag : start + lag + length]
-    )
+def best_correlation(reference: array.array[int], decoded: array.array[int]) -> float:
+    """Correlation after aligning the codec delay, skipping the encoder's 100 ms ramp-in."""
+    ramp = 4800
+    assert len(decoded) > 3 * ramp, "too little audio to compare"
+    return signals.find_alignment(reference[ramp:], decoded[ramp:]).correlation
