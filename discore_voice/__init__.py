@@ -22,6 +22,14 @@ from ._core.gateway_intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway_limits import IdentifyLimiter
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
+from ._core.voice_session import (
+    Connected,
+    Invalidated,
+    InvalidationReason,
+    MemberConnected,
+    MemberDisconnected,
+    MemberSpeaking,
+)
 from ._errors import (
     DaveError,
     DecryptionFailed,
@@ -38,6 +46,15 @@ from ._errors import (
 from ._shell.bridge import ForwardedBridge, GatewayVoiceBridge
 from ._shell.shard import Shard, open_shard, shard_for_guild
 from ._shell.shard_events import Subscription
+from ._shell.voice_connection import (
+    GuildNotOnShard,
+    MissingVoiceIntent,
+    VoiceConnection,
+    VoiceConnectionBusy,
+    VoiceConnectionFailed,
+    voice_connection,
+)
+from ._shell.voice_events import VoiceEvent, VoiceEvents
 
 __version__ = "0.1.0.dev0"
 
@@ -46,6 +63,7 @@ __all__ = [
     "PRIVILEGED_INTENTS",
     "AuthenticationFailed",
     "BridgeClosed",
+    "Connected",
     "DaveError",
     "DecryptionFailed",
     "DisallowedIntents",
@@ -54,11 +72,18 @@ __all__ = [
     "ForwardedBridge",
     "GatewayError",
     "GatewayVoiceBridge",
+    "GuildNotOnShard",
     "IdentifyLimiter",
     "Intents",
     "InvalidApiVersion",
     "InvalidIntents",
     "InvalidShard",
+    "Invalidated",
+    "InvalidationReason",
+    "MemberConnected",
+    "MemberDisconnected",
+    "MemberSpeaking",
+    "MissingVoiceIntent",
     "NativeLibraryMissing",
     "NoCompatibleEncryptionMode",
     "NonceExhausted",
@@ -73,7 +98,13 @@ __all__ = [
     "Subscription",
     "UnknownOpcode",
     "UsageError",
+    "VoiceConnection",
+    "VoiceConnectionBusy",
+    "VoiceConnectionFailed",
+    "VoiceEvent",
+    "VoiceEvents",
     "__version__",
     "open_shard",
     "shard_for_guild",
+    "voice_connection",
 ]
