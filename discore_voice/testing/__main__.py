@@ -24,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m discore_voice.testing",
         description=(
-            "Run a local Discord simulator (main gateway v10 and REST) and print its addresses and "
-            "the default bot's credentials as one JSON line. Stop it with Ctrl-C."
+            "Run a local Discord simulator (main gateway v10, REST, voice gateway v8 and UDP "
+            "media) and print its addresses and the default bot's credentials as one JSON line. "
+            "Stop it with Ctrl-C."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
