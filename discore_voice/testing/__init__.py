@@ -31,6 +31,16 @@ Surface of :class:`LocalDiscord` (the object ``open_local_discord`` yields):
   ``validate_voice_identify(server_id, user_id, session_id, token)``; ``voice_endpoint`` (settable,
   ``"host:port"`` or None); ``voice_events_order`` (``("state", "server")`` or the reverse);
   ``set_voice_state(guild_id, user_id, channel_id, ...)`` places a simulated human.
+- DAVE (end-to-end encryption): ``open_local_discord(dave="required" | "optional" | "off")``,
+  ``"optional"`` by default. The voice gateway is the MLS external sender (ops 21-31, with a
+  ``dave_transition_timeout`` for members that never get ready); ``"required"`` closes a client
+  offering no DAVE with 4017, ``"optional"`` makes the call transport-only while such a client
+  is in it. Each simulated member has its own DAVE client: ``member.epoch``,
+  ``voice_privacy_code``, ``dave_protocol_version``, ``frames_heard``, ``frames_decrypted``,
+  ``dave_decrypt_failures``, and ``member.dave`` (``never_commits``, ``never_ready``).
+  ``discord.voice.dave_downgrade(channel_id)`` / ``dave_upgrade``, and
+  ``discord.voice.dave_gateway`` (``channel(id)`` with the group's state, ``corrupt_next``,
+  ``drop_next_execute``).
 - Faults: ``move_bot``, ``kick``, ``delete_channel``, ``send_voice_server_update``, ``reconnect``
   (op 7), ``invalid_session`` (op 9), ``close_gateway``, ``stall_heartbeat_acks``,
   ``request_heartbeat``.
@@ -74,6 +84,8 @@ Documented choices where Discord's docs are silent or the simulator simplifies:
 
 from __future__ import annotations
 
+from ._dave_gateway import DaveChannel, DaveGateway, DaveMode
+from ._dave_members import SimDaveMember
 from ._faults import ABRUPT, UdpFaults
 from ._gateway import ConnectionInfo
 from ._media import MediaServer
@@ -103,6 +115,9 @@ __all__ = [
     "PRIVILEGED_INTENTS",
     "BotAccount",
     "ConnectionInfo",
+    "DaveChannel",
+    "DaveGateway",
+    "DaveMode",
     "Dispatch",
     "GatewaySession",
     "LocalDiscord",
@@ -110,6 +125,7 @@ __all__ = [
     "MediaStats",
     "Recording",
     "SimChannel",
+    "SimDaveMember",
     "SimGuild",
     "SimMember",
     "SimUser",

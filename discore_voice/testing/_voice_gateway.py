@@ -125,7 +125,7 @@ class _FollowableWorld(Protocol):
 
 
 class DaveHook(Protocol):
-    """Where the server side of DAVE plugs in (the MLS external sender, ``_dave_server``).
+    """Where the server side of DAVE plugs in; the simulator's own is ``_dave_gateway``.
 
     Every method is called synchronously from the code handling the event, so the hook can
     answer in order: to a websocket session with ``session.send``/``session.send_binary``, and to
