@@ -20,9 +20,9 @@ from ._sim import open_local_discord
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m discore_voice.testing") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m discore_voice.testing",
+        prog=prog,
         description=(
             "Run a local Discord simulator (main gateway v10, REST, voice gateway v8 and UDP "
             "media) and print its addresses and the default bot's credentials as one JSON line. "
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send VOICE_SERVER_UPDATE before VOICE_STATE_UPDATE",
     )
+    parser.add_argument(
+        "--dave",
+        choices=("off", "optional", "required"),
+        default="required",
+        help="DAVE end-to-end encryption, as Discord requires it since 2026-03-01 (default)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 
@@ -55,6 +61,7 @@ async def _serve(args: argparse.Namespace) -> None:
         api_port=args.api_port,
         heartbeat_interval=args.heartbeat_interval,
         voice_events_order=("server", "state") if args.server_update_first else ("state", "server"),
+        dave=args.dave,
     ) as discord:
         guild = discord.add_guild(name="discore-sim")
         channel = guild.add_voice_channel(name="voice")
@@ -77,8 +84,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 return
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    args = (_parser(prog) if prog else _parser()).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
         trio.run(_serve, args)

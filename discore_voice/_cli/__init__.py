@@ -1,0 +1,1 @@
+"""The ``discore-voice`` command line: one module per subcommand, errors turned into one line."""
