@@ -115,6 +115,7 @@ async def open_local_discord(
     rate_limit: tuple[int, float] = (120, 60.0),
     max_guilds_per_shard: int = 2500,
     shard_count: int = 1,
+    voice_events_gap: float = 0.0,
     voice_modes: Sequence[str] = SUPPORTED_MODES,
     voice_heartbeat_interval_ms: float = 13_750.0,
     resend_session_description_on_resume: bool = False,
@@ -127,6 +128,7 @@ async def open_local_discord(
     off by default) closes a connection with 4009 when no heartbeat arrives in time.
     ``max_guilds_per_shard`` is the 4011 threshold and ``shard_count`` what ``/gateway/bot``
     recommends. ``voice_modes`` are the transport modes the voice server offers, in order.
+    ``voice_events_gap`` spaces the two voice dispatches (seconds), as real latency does.
     ``resend_session_description_on_resume`` imitates what discord.py expects after a resume.
     ``dave``: ``"required"`` is Discord since 2026-03 (a client offering no DAVE is closed with
     4017); ``"optional"`` (the default, so clients without DAVE can still be tested) runs DAVE
@@ -142,6 +144,7 @@ async def open_local_discord(
             rate_limit=rate_limit,
             max_guilds_per_shard=max_guilds_per_shard,
             shard_count=shard_count,
+            voice_events_gap=voice_events_gap,
         )
         discord._tls = material
         server_context = material.server_context() if material is not None else None

@@ -334,8 +334,12 @@ class World:
         rate_limit: tuple[int, float] = (120, 60.0),
         max_guilds_per_shard: int = 2500,
         shard_count: int = 1,
+        voice_events_gap: float = 0.0,
     ) -> None:
         self.voice_events_order = voice_events_order
+        #: Seconds between the two voice dispatches on the wire. Discord's arrive apart; some
+        #: clients (discord.py 2.7.1) lose a wake-up when both land in one event-loop pass.
+        self.voice_events_gap = voice_events_gap
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.rate_limit = rate_limit
@@ -751,9 +755,14 @@ class World:
             {"token": record.token, "guild_id": str(record.guild_id), "endpoint": record.endpoint},
         )
 
-    def _announce_join(self, record: _VoiceRecord) -> None:
-        """A join or move: a fresh token, then both events in the configured order."""
-        if record.owner is not None:
+    def _announce_join(self, record: _VoiceRecord, *, new_token: bool = True) -> None:
+        """A join or move: a fresh token, then both events in the configured order.
+
+        A repeated op 4 for the channel the bot is already in (what discord.py sends to resume
+        after 4015) keeps the token and endpoint, so the voice session it resumes stays valid;
+        only a move or a new voice server brings a new token.
+        """
+        if record.owner is not None and (new_token or record.token is None):
             record.token = secrets.token_hex(8)
             record.endpoint = self.voice_endpoint
         for which in self.voice_events_order:
@@ -799,7 +808,7 @@ class World:
                 self._broadcast_voice_state(record, channel_id)
                 self._changed()
             else:
-                self._announce_join(record)
+                self._announce_join(record, new_token=False)
             return
         if channel.user_limit and self._occupants(channel_id) >= channel.user_limit:
             logger.info("op 4 for a full channel: ignored, as Discord sends nothing")
