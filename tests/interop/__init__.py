@@ -1,0 +1,1 @@
+"""Interop tests: independent clients (discord.py) against the local Discord simulator."""
