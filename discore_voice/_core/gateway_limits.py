@@ -94,6 +94,7 @@ class IdentifyLimiter:
 
     @property
     def max_concurrency(self) -> int:
+        """How many shards may identify per 5 seconds, one per bucket (``GET /gateway/bot``)."""
         return self._max_concurrency
 
     def reserve(self, now: float, shard_id: int) -> float:

@@ -65,9 +65,13 @@ class GatewayVoiceBridge(Protocol):
     """
 
     @property
-    def user_id(self) -> Snowflake: ...
+    def user_id(self) -> Snowflake:
+        """The bot's user id: the VOICE_STATE_UPDATE dispatches to act on are its own."""
+        ...
 
-    def subscribe(self, *event_names: str) -> Subscription: ...
+    def subscribe(self, *event_names: str) -> Subscription:
+        """The raw dispatches ``(name, d)`` for these names, until the bridge goes away."""
+        ...
 
     async def update_voice_state(
         self,
@@ -76,7 +80,9 @@ class GatewayVoiceBridge(Protocol):
         *,
         self_mute: bool = False,
         self_deaf: bool = False,
-    ) -> None: ...
+    ) -> None:
+        """Send op 4 (join, switch, mute/deaf, or leave with None); BridgeClosed once gone."""
+        ...
 
 
 class ForwardedBridge:
@@ -101,10 +107,12 @@ class ForwardedBridge:
 
     @property
     def user_id(self) -> Snowflake:
+        """The bot's user id, as given."""
         return self._user_id
 
     @property
     def is_closed(self) -> bool:
+        """Closed: its subscriptions ended and op 4 raises BridgeClosed."""
         return self._hub.closed
 
     def subscribe(self, *event_names: str, buffer_size: int | None = None) -> Subscription:
@@ -130,6 +138,7 @@ class ForwardedBridge:
         self_mute: bool = False,
         self_deaf: bool = False,
     ) -> None:
+        """Hand an op 4 request to ``send_voice_state``; raise BridgeClosed once closed."""
         guild = validate_snowflake(guild_id, name="guild_id")
         channel = None if channel_id is None else validate_snowflake(channel_id, name="channel_id")
         if not isinstance(self_mute, bool) or not isinstance(self_deaf, bool):

@@ -173,14 +173,17 @@ class Shard:
 
     @property
     def intents(self) -> Intents:
+        """The intents it identified with; voice connections check for GUILD_VOICE_STATES."""
         return self._intents
 
     @property
     def shard_id(self) -> int:
+        """This shard's number: it serves the guilds ``shard_for_guild`` maps to it."""
         return self._shard_id
 
     @property
     def shard_count(self) -> int:
+        """How many shards the bot runs, as given to ``open_shard``."""
         return self._shard_count
 
     @property
@@ -190,6 +193,7 @@ class Shard:
 
     @property
     def is_closed(self) -> bool:
+        """Stopped for good: left its block, or failed; using it now raises ShardClosed."""
         return self._stopped
 
     @property

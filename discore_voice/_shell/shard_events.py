@@ -51,6 +51,7 @@ class Subscription:
         return self._hub._is_detached(self)
 
     def wants(self, name: str) -> bool:
+        """Whether events called ``name`` are delivered to this subscription."""
         return self.event_names is None or name in self.event_names
 
     async def receive(self) -> tuple[str, Any]:
@@ -82,6 +83,7 @@ class Subscription:
         self._receive.close()
 
     async def aclose(self) -> None:
+        """:meth:`close`, for ``async with`` and trio's resource protocol."""
         self.close()
         await trio.lowlevel.checkpoint()
 
