@@ -31,7 +31,12 @@ from .gateway_voice import parse_voice_server_update, parse_voice_state_update
 from .ip_discovery import DiscoveredAddress
 from .snowflake import Snowflake
 from .transport import SUPPORTED_MODES, choose_mode
-from .voice_frames import SeqTracker, decode_server_binary, decode_server_text
+from .voice_frames import (
+    SeqTracker,
+    ServerBinaryMessage,
+    decode_server_binary,
+    decode_server_text,
+)
 from .voice_opcodes import CloseAction, classify_close, describe_close
 from .voice_payloads import (
     MAX_HEARTBEAT_NONCE,
@@ -39,6 +44,9 @@ from .voice_payloads import (
     ClientMessage,
     ClientsConnect,
     ClientSpeaking,
+    DaveExecuteTransition,
+    DavePrepareEpoch,
+    DavePrepareTransition,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -59,12 +67,14 @@ __all__ = [
     "Action",
     "CloseWebSocket",
     "Connected",
+    "DaveMessage",
     "InstallCipher",
     "Invalidated",
     "InvalidationReason",
     "MemberConnected",
     "MemberDisconnected",
     "MemberSpeaking",
+    "NewDaveSession",
     "OpenWebSocket",
     "Phase",
     "SendVoiceMessage",
@@ -230,6 +240,28 @@ class MemberSpeaking:
 
 
 @dataclass(frozen=True, slots=True)
+class DaveMessage:
+    """Hand a server message to the DAVE layer; replies go back on websocket ``connection_id``.
+
+    Only emitted when Identify offered DAVE: without it the server sends no DAVE, and the
+    membership and version messages matter to nothing else.
+    """
+
+    connection_id: int
+    message: ServerBinaryMessage | ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class NewDaveSession:
+    """A new voice session (first join, server move, channel switch): DAVE starts afresh.
+
+    Not emitted for a resume, which keeps the group: the server re-delivers what was missed.
+    """
+
+    channel_id: Snowflake
+
+
+@dataclass(frozen=True, slots=True)
 class MemberConnected:
     user_id: Snowflake
 
@@ -252,6 +284,8 @@ Action: TypeAlias = (
     | MemberSpeaking
     | MemberConnected
     | MemberDisconnected
+    | DaveMessage
+    | NewDaveSession
 )
 
 
@@ -274,10 +308,10 @@ _FATAL_REASONS: Final[dict[int, InvalidationReason]] = {
 }
 
 _DAVE_ADVICE: Final = (
-    "; this connection identified without DAVE (max_dave_protocol_version=0), because this "
-    "build of discore_voice does not negotiate DAVE end-to-end encryption yet. Discord requires "
-    "DAVE for voice since 2026-03-01: use a discore_voice release with DAVE support (it needs "
-    "the davey package: pip install 'davey<0.2')"
+    "; this connection identified without DAVE (max_dave_protocol_version=0) because the davey "
+    "package, which provides DAVE end-to-end encryption, is not installed or cannot be imported "
+    "(it is a native wheel: check that one exists for this platform and Python). Discord "
+    "requires DAVE for voice since 2026-03-01: pip install 'davey>=0.1.7,<0.2'"
 )
 
 
@@ -507,11 +541,11 @@ class VoiceSession:
         return self.receive_message(connection_id, message)
 
     def receive_binary(self, connection_id: int, data: bytes) -> list[Action]:
-        """A binary (DAVE) frame: acknowledged through seq_ack, otherwise unused until DAVE."""
+        """A binary (DAVE) frame: acknowledged through seq_ack, and handed to the DAVE layer."""
         if connection_id != self._connection_id or self.phase not in _WITH_WEBSOCKET:
             return []
-        decode_server_binary(data, self._seq)
-        return []
+        _, message = decode_server_binary(data, self._seq)
+        return self._to_dave(message)
 
     def malformed(self, connection_id: int, detail: str) -> list[Action]:
         """A frame failed to parse. Mid-handshake nothing else can move us on, so it ends the
@@ -550,10 +584,12 @@ class VoiceSession:
         if isinstance(message, ServerSpeaking):
             return [MemberSpeaking(message.user_id, message.ssrc, message.speaking)]
         if isinstance(message, ClientsConnect):
-            return [MemberConnected(user_id) for user_id in message.user_ids]
+            connected: list[Action] = [MemberConnected(user_id) for user_id in message.user_ids]
+            return self._to_dave(message) + connected
         if isinstance(message, ClientDisconnect):
-            return [MemberDisconnected(message.user_id)]
-        # DAVE transitions: nothing to do until this client negotiates DAVE.
+            return [*self._to_dave(message), MemberDisconnected(message.user_id)]
+        if isinstance(message, DavePrepareTransition | DaveExecuteTransition | DavePrepareEpoch):
+            return self._to_dave(message)
         return []
 
     def websocket_closed(self, connection_id: int, code: int | None) -> list[Action]:
@@ -572,7 +608,14 @@ class VoiceSession:
         reason = InvalidationReason.ERROR if code is None else _FATAL_REASONS.get(code)
         detail = describe_close(code)
         if reason is InvalidationReason.DAVE_REQUIRED:
-            detail += _DAVE_ADVICE
+            detail += (
+                _DAVE_ADVICE
+                if self._max_dave == NO_DAVE_PROTOCOL_VERSION
+                else (
+                    f"; this connection offered DAVE up to version {self._max_dave}, and the voice "
+                    "server wants a newer one: upgrade discore_voice and davey"
+                )
+            )
         if reason in (InvalidationReason.KICKED, InvalidationReason.CALL_TERMINATED):
             # Maybe a move whose dispatches are still on their way: wait for them, briefly.
             self._pending = Invalidated(reason, detail)
@@ -661,7 +704,15 @@ class VoiceSession:
         self._session_connected = False
         self.ssrc = None
         self._udp_target = None
-        return self._open(Phase.IDENTIFYING)
+        opened = self._open(Phase.IDENTIFYING)
+        if self._max_dave > NO_DAVE_PROTOCOL_VERSION and self.channel_id is not None:
+            return [NewDaveSession(self.channel_id), *opened]
+        return opened
+
+    def _to_dave(self, message: ServerBinaryMessage | ServerMessage) -> list[Action]:
+        if self._max_dave == NO_DAVE_PROTOCOL_VERSION:
+            return []
+        return [DaveMessage(self._connection_id, message)]
 
     def _reconnect(self, why: str) -> list[Action]:
         """Resume the session if it got as far as a key; otherwise identify again."""
@@ -698,9 +749,11 @@ class VoiceSession:
             self._ever_connected = True
             self._attempts = 0
             assert self.channel_id is not None and self.ssrc is not None
+            # Connected stays the first event; DAVE's own (its start) follows it.
             return [
                 InstallCipher(description.mode, description.secret_key),
                 Connected(self.channel_id, self.ssrc, description.mode),
+                *self._to_dave(description),
             ]
         if self.phase in (Phase.CONNECTED, Phase.RESUMING) and (
             description.mode == self.encryption_mode

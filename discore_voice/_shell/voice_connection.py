@@ -32,16 +32,17 @@ from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.transport import SUPPORTED_MODES, create_cipher
 from .._core.voice_frames import encode_client_text
 from .._core.voice_session import (
-    NO_DAVE_PROTOCOL_VERSION,
     Action,
     CloseWebSocket,
     Connected,
+    DaveMessage,
     InstallCipher,
     Invalidated,
     InvalidationReason,
     MemberConnected,
     MemberDisconnected,
     MemberSpeaking,
+    NewDaveSession,
     OpenWebSocket,
     SendVoiceMessage,
     SendVoiceStateUpdate,
@@ -49,12 +50,25 @@ from .._core.voice_session import (
     StartUdp,
     VoiceSession,
 )
-from .._errors import DiscoreVoiceError, ProtocolError, UnknownOpcode, UsageError
+from .._errors import (
+    DiscoreVoiceError,
+    NativeLibraryMissing,
+    ProtocolError,
+    UnknownOpcode,
+    UsageError,
+)
 from .bridge import GatewayVoiceBridge
 from .shard_events import Subscription
+from .voice_dave import VoiceDave, offered_dave_version, passthrough
 from .voice_events import DEFAULT_EVENT_BUFFER, VoiceEventHub, VoiceEvents
 from .voice_gateway_listener import run_gateway_listener
 from .voice_heartbeat import run_heartbeat
+from .voice_sender import (
+    DEFAULT_BUFFER_SIZE,
+    EncoderSettings,
+    VoiceSender,
+    VoiceSendingMixin,
+)
 from .voice_udp import VoiceUdp
 from .voice_websocket import CLOSE_GRACE, VoiceWebSocket
 
@@ -116,10 +130,10 @@ class GuildNotOnShard(UsageError):
 def offered_dave_protocol_version() -> int:
     """The ``max_dave_protocol_version`` voice Identify advertises.
 
-    The single place DAVE plugs in: 0 (no end-to-end encryption) until the DAVE work lands and
-    returns the version its session supports.
+    The highest version the installed davey supports; 0 when it is missing, so that a voice
+    server requiring DAVE closes with 4017 and the connection says how to install it.
     """
-    return NO_DAVE_PROTOCOL_VERSION
+    return offered_dave_version()
 
 
 # --- one connection per guild per bridge ----------------------------------------------------
@@ -185,7 +199,7 @@ def _check_bool(value: object, name: str) -> bool:
     return value
 
 
-class VoiceConnection:
+class VoiceConnection(VoiceSendingMixin):
     """A voice connection to one guild, through a shard or any gateway-voice bridge.
 
     Create it, subscribe to its events if you want every one of them, then
@@ -198,6 +212,8 @@ class VoiceConnection:
         guild_id: int | str,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        encoder: EncoderSettings | None = None,
     ) -> None:
         guild = validate_snowflake(guild_id, name="guild_id")
         _check_bridge(bridge, guild)
@@ -213,6 +229,16 @@ class VoiceConnection:
             max_dave_protocol_version=offered_dave_protocol_version(),
         )
         self._hub = VoiceEventHub(self._log)
+        #: Applied by the sender to every non-silence Opus frame before transport encryption;
+        #: the DAVE layer swaps it between DAVE encryption and passthrough as the group changes.
+        self._media_encryptor: Callable[[bytes], bytes] = passthrough
+        self._dave = VoiceDave(
+            self._session.user_id,
+            self._send_frame,
+            self._hub.publish,
+            self._set_media_encryptor,
+            self._log,
+        )
         self._changed = trio.Event()
         self._used = False
         self._left = False
@@ -224,6 +250,17 @@ class VoiceConnection:
         self._closing: list[VoiceWebSocket] = []
         self._udp: VoiceUdp | None = None
         self._udp_scope: trio.CancelScope | None = None
+        self._sender = VoiceSender(
+            is_ready=lambda: self.is_connected,
+            is_valid=lambda: self.is_valid,
+            udp=lambda: self._udp,
+            media_encryptor=lambda: self._media_encryptor,
+            changed=self._current_event,
+            send_speaking=lambda flags: self._drive(self._session.set_speaking(flags)),
+            connection_id=lambda: self._session.connection_id,
+            buffer_size=buffer_size,
+            encoder=encoder,
+        )
 
     def __repr__(self) -> str:
         s = self._session
@@ -242,6 +279,7 @@ class VoiceConnection:
 
     @property
     def guild_id(self) -> Snowflake:
+        """The guild this connection belongs to; one connection per guild and bridge."""
         return self._session.guild_id
 
     @property
@@ -251,26 +289,32 @@ class VoiceConnection:
 
     @property
     def self_mute(self) -> bool:
+        """Whether we asked Discord to show us muted (op 4); it does not stop sending."""
         return self._session.self_mute
 
     @property
     def self_deaf(self) -> bool:
+        """Whether we asked Discord to show us deafened (op 4)."""
         return self._session.self_deaf
 
     @property
     def ssrc(self) -> int | None:
+        """Our RTP source id from Ready; None before the first handshake. Kept across resumes."""
         return self._session.ssrc
 
     @property
     def encryption_mode(self) -> str | None:
+        """The transport mode negotiated with the voice server (AES-256-GCM when offered)."""
         return self._session.encryption_mode
 
     @property
     def is_valid(self) -> bool:
+        """False once invalidated, for good: every call then does nothing (see ``invalidation``)."""
         return self._session.is_valid
 
     @property
     def is_connected(self) -> bool:
+        """Handshake complete and not currently resuming, switching or moving."""
         return self._session.is_connected
 
     @property
@@ -287,6 +331,43 @@ class VoiceConnection:
     def udp(self) -> VoiceUdp | None:
         """The current UDP socket task, for the send and receive paths and their statistics."""
         return self._udp
+
+    # --- DAVE ----------------------------------------------------------------------------
+
+    @property
+    def dave_protocol_version(self) -> int:
+        """The DAVE version the call uses now; 0 means transport encryption only."""
+        return self._dave.protocol_version
+
+    @property
+    def dave_epoch(self) -> int | None:
+        """The MLS epoch of our DAVE group (None without one): equal epochs, one group."""
+        return self._dave.epoch
+
+    @property
+    def voice_privacy_code(self) -> str | None:
+        """The code Discord's clients show for this call; equal codes mean one shared group.
+
+        None while the call is not end-to-end encrypted (no DAVE, or the group not ready yet).
+        """
+        return self._dave.voice_privacy_code
+
+    @property
+    def dave_stats(self) -> dict[str, int]:
+        """DAVE media counters (``encrypted``, ``encrypt_failed``, ``decrypted``,
+        ``passed_through``, ``decrypt_failed``, ``unknown_ssrc``), for statistics and tests."""
+        return dict(self._dave.stats)
+
+    async def verification_code(self, user_id: int | str) -> str:
+        """The code to compare with ``user_id`` out of band, to rule out a man in the middle.
+
+        Costly: davey computes it with scrypt (0.2-0.3 s) while holding the GIL, so even from the
+        worker thread it runs in, every task of the program stalls meanwhile and audio being sent
+        goes out about a dozen frames late, once. Ask for it when a user asks, not in a loop; the
+        result is cached until the group changes. Raises :class:`DaveError` when the call has no
+        DAVE group (yet) or ``user_id`` is not in it.
+        """
+        return await self._dave.verification_code(user_id)
 
     # --- events and waits -----------------------------------------------------------------
 
@@ -384,6 +465,8 @@ class VoiceConnection:
                     )
                     self._spawn(run_gateway_listener, self._subscription, self)
                     self._spawn(run_heartbeat, self._session, self._current_event, self._drive)
+                    self._spawn(self._sender.run)
+                    self._spawn(self._sender.keep_speaking)
                     self._log.info("connecting to channel %d", channel)
                     with trio.move_on_after(timeout):
                         await self._drive(
@@ -451,6 +534,7 @@ class VoiceConnection:
             self._log.debug("the gateway is gone; cannot send the leave request")
 
     def _stop_everything(self) -> None:
+        self._sender.close()
         for scope in self._scopes:
             scope.cancel()
         if self._websocket is not None:
@@ -493,6 +577,11 @@ class VoiceConnection:
         try:
             with scope:
                 await fn(*args)
+        except NativeLibraryMissing as exc:
+            # Discore's DllNotFound: the machine lacks libopus, and the message says how to fix it.
+            await self._drive(
+                self._session.fail(InvalidationReason.NATIVE_LIBRARY_MISSING, str(exc))
+            )
         except Exception as exc:
             self._log.exception("internal error in a voice connection task")
             detail = f"internal error: {type(exc).__name__}"
@@ -542,10 +631,25 @@ class VoiceConnection:
                 self._hub.publish(action)
             elif isinstance(action, Invalidated):
                 self._invalidated(action)
+            elif isinstance(action, DaveMessage):
+                await self._dave.receive(action, self._session.channel_id)
+            elif isinstance(action, NewDaveSession):
+                self._dave.new_session(action)
             elif isinstance(action, MemberSpeaking | MemberConnected | MemberDisconnected):
+                if isinstance(action, MemberSpeaking | MemberDisconnected):
+                    self._dave.member(action)
                 self._hub.publish(action)
         if actions:
             self._notify()
+
+    def _set_media_encryptor(self, encryptor: Callable[[bytes], bytes]) -> None:
+        self._media_encryptor = encryptor
+
+    async def _send_frame(self, connection_id: int, frame: str | bytes) -> None:
+        """Send on websocket ``connection_id`` only if it is still the current one."""
+        websocket = self._websocket
+        if websocket is not None and websocket.connection_id == connection_id:
+            await websocket.send(frame)
 
     async def _send_voice_state(self, action: SendVoiceStateUpdate) -> None:
         if action.channel_id is None:
@@ -591,6 +695,7 @@ class VoiceConnection:
             self._log,
             on_change=self._notify,
         )
+        udp.on_packet = self._dave.on_packet
         self._udp = udp
         self._udp_scope = self._spawn(udp.run, self._udp_discovered, self._udp_failed)
 
@@ -608,7 +713,7 @@ class VoiceConnection:
 
     # --- handlers the tasks call ----------------------------------------------------------
 
-    async def voice_state_update(self, data: Any) -> None:
+    async def _voice_state_update(self, data: Any) -> None:
         try:
             actions = self._session.voice_state_update(data)
         except ProtocolError as exc:
@@ -616,7 +721,7 @@ class VoiceConnection:
             return
         await self._drive(actions)
 
-    async def voice_server_update(self, data: Any) -> None:
+    async def _voice_server_update(self, data: Any) -> None:
         try:
             actions = self._session.voice_server_update(data)
         except ProtocolError as exc:
@@ -626,14 +731,14 @@ class VoiceConnection:
             self._log.info("voice server update: starting a new voice session")
         await self._drive(actions)
 
-    async def gateway_closed(self) -> None:
+    async def _gateway_closed(self) -> None:
         self._gateway_gone = True
         await self._drive(self._session.gateway_closed())
 
-    async def websocket_opened(self, connection_id: int) -> None:
+    async def _websocket_opened(self, connection_id: int) -> None:
         await self._drive(self._session.websocket_opened(connection_id))
 
-    async def websocket_message(self, connection_id: int, message: str | bytes) -> None:
+    async def _websocket_message(self, connection_id: int, message: str | bytes) -> None:
         session = self._session
         try:
             if isinstance(message, str):
@@ -648,11 +753,11 @@ class VoiceConnection:
             actions = session.malformed(connection_id, str(exc))
         await self._drive(actions)
 
-    async def websocket_closed(self, connection_id: int, code: int | None) -> None:
+    async def _websocket_closed(self, connection_id: int, code: int | None) -> None:
         self._log.info("voice websocket #%d closed (code %s)", connection_id, code)
         await self._drive(self._session.websocket_closed(connection_id, code))
 
-    async def websocket_failed(self, connection_id: int, detail: str, *, fatal: bool) -> None:
+    async def _websocket_failed(self, connection_id: int, detail: str, *, fatal: bool) -> None:
         self._log.warning("voice websocket #%d failed to open: %s", connection_id, detail)
         await self._drive(self._session.websocket_failed(connection_id, detail, fatal=fatal))
 
@@ -673,13 +778,18 @@ async def voice_connection(
     self_deaf: bool = False,
     timeout: float = 60.0,  # noqa: ASYNC109 (the spec: a connect timeout, as Discore)
     ssl_context: ssl.SSLContext | None = None,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    encoder: EncoderSettings | None = None,
 ) -> AsyncIterator[VoiceConnection]:
     """Connect to a voice channel for the duration of the block; see :class:`VoiceConnection`.
 
     ``ssl_context`` verifies the voice server's ``wss://`` (default: the system's trust store);
     pass the simulator's ``client_ssl_context()`` to test against a local Discord with TLS.
+    ``buffer_size`` bounds the queued PCM (bytes) and ``encoder`` sets the Opus encoder.
     """
-    connection = VoiceConnection(bridge, guild_id, ssl_context=ssl_context)
+    connection = VoiceConnection(
+        bridge, guild_id, ssl_context=ssl_context, buffer_size=buffer_size, encoder=encoder
+    )
     async with connection.connect(
         channel_id, self_mute=self_mute, self_deaf=self_deaf, timeout=timeout
     ) as connected:

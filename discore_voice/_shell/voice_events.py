@@ -1,8 +1,8 @@
 """A voice connection's events, delivered to each subscriber through its own trio memory channel.
 
 The events are the core's own dataclasses (``Connected``, ``Invalidated``, ``MemberSpeaking``,
-``MemberConnected``, ``MemberDisconnected``): the state machine already says exactly what happened,
-and a second set of classes would only drift from it.
+``MemberConnected``, ``MemberDisconnected``, and DAVE's ``DaveStateChanged``): the state machines
+already say exactly what happened, and a second set of classes would only drift from them.
 
 Publishing never waits. A subscriber that stops reading would otherwise hold up the websocket
 reader, the heartbeat behind it, and the whole connection; instead its overflow is dropped and
@@ -18,6 +18,7 @@ from typing import TypeAlias
 
 import trio
 
+from .._core.dave import DaveStateChanged
 from .._core.voice_session import (
     Connected,
     Invalidated,
@@ -30,7 +31,12 @@ from .._errors import UsageError
 __all__ = ["DEFAULT_EVENT_BUFFER", "VoiceEvent", "VoiceEventHub", "VoiceEvents"]
 
 VoiceEvent: TypeAlias = (
-    Connected | Invalidated | MemberSpeaking | MemberConnected | MemberDisconnected
+    Connected
+    | Invalidated
+    | MemberSpeaking
+    | MemberConnected
+    | MemberDisconnected
+    | DaveStateChanged
 )
 
 #: Events a subscriber may fall behind by before it loses some; events are rare (a handful per

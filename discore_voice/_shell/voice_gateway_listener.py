@@ -15,11 +15,11 @@ __all__ = ["DispatchHandler", "run_gateway_listener"]
 
 
 class DispatchHandler(Protocol):
-    async def voice_state_update(self, data: Any) -> None: ...
+    async def _voice_state_update(self, data: Any) -> None: ...
 
-    async def voice_server_update(self, data: Any) -> None: ...
+    async def _voice_server_update(self, data: Any) -> None: ...
 
-    async def gateway_closed(self) -> None: ...
+    async def _gateway_closed(self) -> None: ...
 
 
 async def run_gateway_listener(subscription: Subscription, handler: DispatchHandler) -> None:
@@ -27,7 +27,7 @@ async def run_gateway_listener(subscription: Subscription, handler: DispatchHand
     with subscription:
         async for name, data in subscription:
             if name == VOICE_STATE_UPDATE:
-                await handler.voice_state_update(data)
+                await handler._voice_state_update(data)
             elif name == VOICE_SERVER_UPDATE:
-                await handler.voice_server_update(data)
-    await handler.gateway_closed()
+                await handler._voice_server_update(data)
+    await handler._gateway_closed()

@@ -108,6 +108,24 @@ class VoiceUdp:
                 self._log.debug("UDP send failed: %s", exc.strerror or exc)
                 return
 
+    def send_nowait(self, datagram: bytes) -> bool:
+        """Send one datagram without ever waiting; False if it was not sent.
+
+        The voice sender's path: a frame the kernel has no room for now would be late by the
+        time there is, and waiting would delay the frames after it, so it is dropped instead.
+        """
+        sock, address = self._sock, self._address
+        if sock is None or address is None:
+            return False
+        try:
+            sock.sendto(datagram, address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._log.debug("UDP send failed: %s", exc.strerror or exc)
+            return False
+        return True
+
     async def run(self, discovered: Discovered, failed: DiscoveryFailed) -> None:
         """Discover our address, report it, then keep alive and receive until cancelled."""
         try:

@@ -30,13 +30,13 @@ _SEND_ERRORS = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.
 
 
 class WebSocketHandler(Protocol):
-    async def websocket_opened(self, connection_id: int) -> None: ...
+    async def _websocket_opened(self, connection_id: int) -> None: ...
 
-    async def websocket_message(self, connection_id: int, message: str | bytes) -> None: ...
+    async def _websocket_message(self, connection_id: int, message: str | bytes) -> None: ...
 
-    async def websocket_closed(self, connection_id: int, code: int | None) -> None: ...
+    async def _websocket_closed(self, connection_id: int, code: int | None) -> None: ...
 
-    async def websocket_failed(self, connection_id: int, detail: str, *, fatal: bool) -> None: ...
+    async def _websocket_failed(self, connection_id: int, detail: str, *, fatal: bool) -> None: ...
 
 
 class VoiceWebSocket:
@@ -72,13 +72,14 @@ class VoiceWebSocket:
         self._close_code = code
         self._scope.cancel()
 
-    async def send(self, text: str) -> None:
-        """Send one frame; a closed websocket is not an error here, its reader reports it."""
+    async def send(self, frame: str | bytes) -> None:
+        """Send one frame (JSON text, or a DAVE binary frame); a closed websocket is not an
+        error here, its reader reports it."""
         connection = self._connection
         if connection is None:
             return
         try:
-            await connection.send_message(text)
+            await connection.send_message(frame)
         except (
             trio_websocket.ConnectionClosed,
             trio.BrokenResourceError,
@@ -123,21 +124,21 @@ class VoiceWebSocket:
         finally:
             self.done.set()
         if failed is not None and not self._scope.cancel_called:
-            await self._handler.websocket_failed(
+            await self._handler._websocket_failed(
                 self.connection_id, str(failed), fatal=failed.certificate
             )
         if closed is not None:
-            await self._handler.websocket_closed(self.connection_id, _peer_code(closed[0]))
+            await self._handler._websocket_closed(self.connection_id, _peer_code(closed[0]))
 
     async def _read(
         self, connection: trio_websocket.WebSocketConnection
     ) -> tuple[int | None] | None:
         self._connection = connection
         try:
-            await self._handler.websocket_opened(self.connection_id)
+            await self._handler._websocket_opened(self.connection_id)
             while True:
                 message = await connection.get_message()
-                await self._handler.websocket_message(self.connection_id, message)
+                await self._handler._websocket_message(self.connection_id, message)
         except trio_websocket.ConnectionClosed as exc:
             reason = exc.reason
             return (None if reason is None else reason.code,)
