@@ -6,6 +6,17 @@ private and may change without notice.
 
 from __future__ import annotations
 
+from ._audio.ogg import AudioSourceError, OggFormatError, UnsupportedAudio
+from ._audio.opus import Application
+from ._audio.sources import (
+    AudioExtraMissing,
+    AudioSource,
+    AvSource,
+    OggOpusSource,
+    PcmSource,
+    open_audio_file,
+)
+from ._core.dave import DaveChange, DaveStateChanged, dave_available, max_supported_dave_version
 from ._core.gateway_errors import (
     AuthenticationFailed,
     BridgeClosed,
@@ -20,6 +31,7 @@ from ._core.gateway_errors import (
 )
 from ._core.gateway_intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway_limits import IdentifyLimiter
+from ._core.pcm_buffer import VoiceBufferFull
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from ._core.voice_session import (
@@ -55,19 +67,30 @@ from ._shell.voice_connection import (
     voice_connection,
 )
 from ._shell.voice_events import VoiceEvent, VoiceEvents
+from ._shell.voice_sender import DEFAULT_BUFFER_SIZE, PCM_BLOCK_SIZE, EncoderSettings, SendStats
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_BUFFER_SIZE",
     "OPUS_SILENCE_FRAME",
+    "PCM_BLOCK_SIZE",
     "PRIVILEGED_INTENTS",
+    "Application",
+    "AudioExtraMissing",
+    "AudioSource",
+    "AudioSourceError",
     "AuthenticationFailed",
+    "AvSource",
     "BridgeClosed",
     "Connected",
+    "DaveChange",
     "DaveError",
+    "DaveStateChanged",
     "DecryptionFailed",
     "DisallowedIntents",
     "DiscoreVoiceError",
+    "EncoderSettings",
     "EncryptionError",
     "ForwardedBridge",
     "GatewayError",
@@ -87,8 +110,12 @@ __all__ = [
     "NativeLibraryMissing",
     "NoCompatibleEncryptionMode",
     "NonceExhausted",
+    "OggFormatError",
+    "OggOpusSource",
     "OpusError",
+    "PcmSource",
     "ProtocolError",
+    "SendStats",
     "Shard",
     "ShardClosed",
     "ShardingError",
@@ -97,13 +124,18 @@ __all__ = [
     "SpeakingFlags",
     "Subscription",
     "UnknownOpcode",
+    "UnsupportedAudio",
     "UsageError",
+    "VoiceBufferFull",
     "VoiceConnection",
     "VoiceConnectionBusy",
     "VoiceConnectionFailed",
     "VoiceEvent",
     "VoiceEvents",
     "__version__",
+    "dave_available",
+    "max_supported_dave_version",
+    "open_audio_file",
     "open_shard",
     "shard_for_guild",
     "voice_connection",

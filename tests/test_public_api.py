@@ -27,6 +27,23 @@ def test_every_public_name_is_exported_and_documented() -> None:
             assert obj.__doc__, f"{name} has no docstring"
 
 
+def test_every_public_member_of_a_public_class_is_documented() -> None:
+    missing = []
+    for name in discore_voice.__all__:
+        cls = getattr(discore_voice, name)
+        if not isinstance(cls, type) or issubclass(cls, BaseException):
+            continue
+        for attribute, value in vars(cls).items():
+            if attribute.startswith("_"):
+                continue
+            target = value.fget if isinstance(value, property) else value
+            if isinstance(value, staticmethod | classmethod):
+                target = value.__func__
+            if (callable(target) or isinstance(value, property)) and not target.__doc__:
+                missing.append(f"{name}.{attribute}")
+    assert not missing, f"undocumented: {missing}"
+
+
 def test_error_hierarchy_has_one_root() -> None:
     for name in discore_voice.__all__:
         obj = getattr(discore_voice, name)

@@ -42,6 +42,7 @@ __all__ = [
     "PcmSource",
     "SourceKind",
     "UnsupportedAudio",
+    "open_audio_file",
 ]
 
 #: What installs the optional PyAV dependency.
@@ -87,6 +88,7 @@ class AudioSource(abc.ABC):
 
     @property
     def needs_encoding(self) -> bool:
+        """True for PCM, which the connection encodes; Opus sources pass straight through."""
         return self.kind is SourceKind.PCM
 
     def __repr__(self) -> str:
@@ -329,6 +331,7 @@ class PcmSource(AudioSource):
         return frame if volume == 1.0 else apply_volume(frame, volume)
 
     async def aclose(self) -> None:
+        """Stop reading: the next frame ends the iteration. Idempotent."""
         self._closed = True
         self._pending.clear()
         await self._chunks.close()
@@ -354,11 +357,13 @@ class OggOpusSource(AudioSource):
 
     @classmethod
     def from_file(cls, path: PathLike) -> Self:
+        """Stream an Ogg Opus file, read in chunks in a worker thread as it plays."""
         name = _source_name(path)
         return cls(_FileChunks(path, name, _OGG_READ_SIZE, whole_samples=False), name=name)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str = "<Ogg Opus bytes>") -> Self:
+        """An Ogg Opus file already in memory; ``name`` labels it in error messages."""
         return cls(_BytesChunks(_as_chunk(data, name), _OGG_READ_SIZE), name=name)
 
     async def __anext__(self) -> bytes:
@@ -379,6 +384,7 @@ class OggOpusSource(AudioSource):
         return packets.popleft()
 
     async def aclose(self) -> None:
+        """Stop reading: the next frame ends the iteration. Idempotent."""
         self._closed = True
         self._packets.clear()
         await self._chunks.close()
@@ -475,3 +481,27 @@ class AvSource(PcmSource):
         av = _import_av()
         name = _source_name(path)
         super().__init__(_AvChunks(av, path, name), name=name, volume=volume)
+
+
+def open_audio_file(path: PathLike, *, volume: float = 1.0) -> AudioSource:
+    """The right source for a file: Ogg Opus passes through untouched, anything else is decoded.
+
+    Sniffs the first page rather than trusting the extension, because ``.ogg`` also holds
+    Vorbis and ``.opus`` files are sometimes misnamed. Reading one page is a blocking call, which
+    is acceptable where a user chooses a file, not in the send loop. A missing or unreadable file
+    raises :class:`AudioSourceError` naming it; a non-Opus file without the ``av`` extra raises
+    :class:`AudioExtraMissing`.
+    """
+    name = _source_name(path)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise AudioSourceError(name, exc.strerror or "cannot be read") from exc
+    if head.startswith(b"OggS") and b"OpusHead" in head:
+        return OggOpusSource.from_file(path)
+    return AvSource(path, volume=volume)
+
+
+# The first Ogg page holds OpusHead; it is 47 bytes in practice, well under this.
+_SNIFF_BYTES: Final = 4096
