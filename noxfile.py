@@ -41,6 +41,6 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The quick start's first command: the fastest meaningful end-to-end check we have."""
-    _install(session, "-e", ".[test]")
-    session.run("pytest", "-W", "error", "-m", "smoke", "-q", *session.posargs)
+    """The quick start's first command: a bot plays to two DAVE members on the local Discord."""
+    _install(session, "-e", ".")
+    session.run("discore-voice", "demo", *session.posargs)

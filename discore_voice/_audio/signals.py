@@ -20,6 +20,7 @@ __all__ = [
     "channel",
     "correlation",
     "find_alignment",
+    "melody_pcm",
     "sine_pcm",
     "zero_crossing_frequency",
 ]
@@ -36,6 +37,32 @@ def sine_pcm(seconds: float, *, hz: float = 440.0, amplitude: float = 0.3) -> by
     samples = array.array("h", bytes(count * _CHANNELS * 2))
     for i in range(count):
         value = round(peak * math.sin(step * i))
+        samples[2 * i] = value
+        samples[2 * i + 1] = value
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()
+
+
+def melody_pcm(seconds: float = 3.0, *, amplitude: float = 0.3) -> bytes:
+    """An arpeggio (C5 E5 G5 C6, repeated) with short fades: the demo's clip.
+
+    Unlike a steady tone, it lines up with a copy of itself at one delay only, so matching what
+    a listener heard against it proves order and timing as well as pitch.
+    """
+    notes = (523.25, 659.25, 783.99, 1046.5)
+    note_samples = SAMPLE_RATE // 4
+    fade = SAMPLE_RATE // 200
+    peak = amplitude * 32767
+    count = round(seconds * SAMPLE_RATE)
+    samples = array.array("h", bytes(count * _CHANNELS * 2))
+    phase = 0.0
+    for i in range(count):
+        position = i % note_samples
+        hz = notes[(i // note_samples) % len(notes)]
+        phase += 2 * math.pi * hz / SAMPLE_RATE
+        envelope = min(1.0, position / fade, (note_samples - position) / fade)
+        value = round(peak * envelope * math.sin(phase))
         samples[2 * i] = value
         samples[2 * i + 1] = value
     if sys.byteorder == "big":

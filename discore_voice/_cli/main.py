@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from .._errors import DiscoreVoiceError
-from . import simulator
+from . import demo, play, simulator
 
 __all__ = ["main"]
 
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show debug logs and full tracebacks"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo.add_parser(commands)
+    play.add_parser(commands)
     simulator.add_parser(commands)
     return parser
 

@@ -1,0 +1,130 @@
+"""`discore-voice play` end to end: the command in its own process, the local Discord in ours."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from discore_voice._audio.opus import PCM_BLOCK_SIZE, OpusEncoder
+from discore_voice._audio.signals import melody_pcm
+from discore_voice.testing import LocalDiscord, open_local_discord
+from discore_voice.testing._recording import ogg_opus_bytes
+
+WAIT = 60
+
+
+def _ogg_file(path: Path, seconds: float) -> list[bytes]:
+    pcm = melody_pcm(seconds)
+    with OpusEncoder() as encoder:
+        packets = [
+            encoder.encode(pcm[i : i + PCM_BLOCK_SIZE]) for i in range(0, len(pcm), PCM_BLOCK_SIZE)
+        ]
+    path.write_bytes(ogg_opus_bytes(packets))
+    return packets
+
+
+def _command(discord: LocalDiscord, guild_id: int, channel_id: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "discore_voice",
+        "play",
+        *extra,
+        "--guild",
+        str(guild_id),
+        "--channel",
+        str(channel_id),
+        "--gateway-url",
+        discord.gateway_url,
+    ]
+
+
+def _env(token: str) -> dict[str, str]:
+    return {**os.environ, "DISCORD_TOKEN": token}
+
+
+async def test_ogg_opus_reaches_discord_byte_identical(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.opus"
+    packets = _ogg_file(clip, 1.0)
+    async with open_local_discord(dave="off") as discord:
+        guild = discord.add_guild()
+        channel = guild.add_voice_channel()
+        with trio.fail_after(WAIT):
+            result = await trio.run_process(
+                _command(discord, guild.id, channel.id, str(clip)),
+                env=_env(discord.bot.token),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        recording = discord.voice.media.recordings[discord.bot.user_id]
+        assert recording.opus_packets[: len(packets)] == packets
+        assert discord.voice_state(guild.id, discord.bot.user_id) is None  # it left
+
+
+async def test_ctrl_c_leaves_the_channel_cleanly(tmp_path: Path) -> None:
+    clip = tmp_path / "long.opus"
+    _ogg_file(clip, 20.0)
+    async with open_local_discord() as discord:
+        guild = discord.add_guild()
+        channel = guild.add_voice_channel()
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        _command(discord, guild.id, channel.id, str(clip)),
+                        env=_env(discord.bot.token),
+                        stderr=subprocess.PIPE,
+                        check=False,
+                    )
+                )
+                await discord.voice.wait_for(
+                    lambda: (
+                        discord.bot.user_id in discord.voice.media.recordings
+                        and len(discord.voice.media.recordings[discord.bot.user_id].opus_packets)
+                        > 5
+                    )
+                )
+                process.send_signal(signal.SIGINT)
+            assert process.returncode == 130
+            await discord.wait_for(
+                lambda: discord.voice_state(guild.id, discord.bot.user_id) is None
+            )
+
+
+@pytest.mark.parametrize(
+    ("token", "channel_exists", "message"),
+    [
+        ("not-the-token", True, "Discord rejected the token in DISCORD_TOKEN"),
+        (None, False, "no answer to joining channel"),
+    ],
+)
+async def test_failures_are_one_line(
+    tmp_path: Path, token: str | None, channel_exists: bool, message: str
+) -> None:
+    clip = tmp_path / "clip.opus"
+    _ogg_file(clip, 0.2)
+    async with open_local_discord() as discord:
+        guild = discord.add_guild()
+        channel_id = guild.add_voice_channel().id if channel_exists else 123456789012345678
+        with trio.fail_after(WAIT):
+            result = await trio.run_process(
+                _command(discord, guild.id, channel_id, "--timeout", "1", str(clip)),
+                env=_env(token or discord.bot.token),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
+    assert result.returncode == 1
+    assert len(errors) == 1 and message in errors[0], result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
