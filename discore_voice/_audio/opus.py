@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import enum
-from types import TracebackType
 from typing import Any, Final, cast
 
+from .._closing import ClosesOnExit
 from .._core.speaking import OPUS_SILENCE_FRAME
 from .._errors import OpusError, UsageError
 from .._native import OpusLib, load_opus
@@ -137,7 +137,7 @@ def _pcm_size_error(size: int) -> UsageError:
     )
 
 
-class OpusEncoder:
+class OpusEncoder(ClosesOnExit):
     """Encodes 20 ms frames of 48 kHz stereo s16le PCM into Opus packets.
 
     Settings can change between frames (Discord lowers a channel's bitrate, or the receiver
@@ -289,17 +289,6 @@ class OpusEncoder:
             self._state = None
             self._lib.encoder_destroy(state)
 
-    def __enter__(self) -> OpusEncoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __del__(self) -> None:
         # A safety net, not the API: no ResourceWarning, because forgetting to close an encoder
         # wastes memory only until the next GC, and warnings-as-errors would make it fatal.
@@ -315,7 +304,7 @@ class OpusEncoder:
         )
 
 
-class OpusDecoder:
+class OpusDecoder(ClosesOnExit):
     """Decodes Opus packets from one sender into 48 kHz stereo s16le PCM.
 
     One decoder per sender (SSRC): Opus decoding is stateful, and mixing streams through one
@@ -393,17 +382,6 @@ class OpusDecoder:
         if state is not None:
             self._state = None
             self._lib.decoder_destroy(state)
-
-    def __enter__(self) -> OpusDecoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         self.close()

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
+from .._closing import ClosesOnExit
 from .._core.gateway_errors import BridgeClosed
 from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.snowflake import Snowflake, validate_snowflake
@@ -85,7 +85,7 @@ class GatewayVoiceBridge(Protocol):
         ...
 
 
-class ForwardedBridge:
+class ForwardedBridge(ClosesOnExit):
     """A bridge fed by hand with dispatches forwarded from a shard elsewhere.
 
     ``send_voice_state`` is awaited for each op 4 the voice side wants sent; it should hand the
@@ -150,14 +150,3 @@ class ForwardedBridge:
     def close(self) -> None:
         """The other side went away: end every subscription. Idempotent."""
         self._hub.close()
-
-    def __enter__(self) -> ForwardedBridge:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

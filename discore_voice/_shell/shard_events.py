@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 import trio
 
+from .._closing import ClosesOnExit
 from .._errors import UsageError
 
 __all__ = ["EventHub", "Subscription"]
@@ -22,7 +22,7 @@ __all__ = ["EventHub", "Subscription"]
 DEFAULT_BUFFER_SIZE = 256
 
 
-class Subscription:
+class Subscription(ClosesOnExit):
     """A stream of ``(event_name, data)`` from a shard or a bridge.
 
     Use it as ``with``/``async with`` (closing it on exit) and ``async for``; iteration ends when
@@ -86,28 +86,6 @@ class Subscription:
         """:meth:`close`, for ``async with`` and trio's resource protocol."""
         self.close()
         await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Called by the hub.
 

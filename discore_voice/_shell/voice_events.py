@@ -13,11 +13,11 @@ is invalidated, so a loop over events cannot outlive the connection.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import TypeAlias
 
 import trio
 
+from .._closing import ClosesOnExit
 from .._core.dave import DaveStateChanged
 from .._core.voice_session import (
     Connected,
@@ -44,7 +44,7 @@ VoiceEvent: TypeAlias = (
 DEFAULT_EVENT_BUFFER = 256
 
 
-class VoiceEvents:
+class VoiceEvents(ClosesOnExit):
     """An async iterable of one connection's events; it ends once the connection is invalid.
 
     Use it as ``with`` (or ``async with``) to unsubscribe on exit; ``dropped`` counts the events
@@ -79,28 +79,6 @@ class VoiceEvents:
     def close(self) -> None:
         """Unsubscribe; what is still buffered is discarded."""
         self._receive.close()
-
-    def __enter__(self) -> VoiceEvents:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> VoiceEvents:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _offer(self, event: VoiceEvent) -> bool:
         """Queue one event without waiting; False once the subscriber has gone."""
