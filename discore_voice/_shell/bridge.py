@@ -7,29 +7,9 @@ runs away from the shard (another process, another machine), fed with the dispat
 bot forwards. The bridge going away shows as its subscriptions ending (``async for`` stops), and
 as :class:`BridgeClosed` from :meth:`update_voice_state`.
 
-A voice worker fed over a byte stream (a socket to the main bot), one JSON object per line::
-
-    async def voice_worker(stream: trio.abc.Stream, user_id: int) -> None:
-        async def send_voice_state(guild_id, channel_id, self_mute, self_deaf):
-            request = {"op": 4, "d": {"guild_id": str(guild_id),
-                       "channel_id": None if channel_id is None else str(channel_id),
-                       "self_mute": self_mute, "self_deaf": self_deaf}}
-            await stream.send_all(json.dumps(request).encode() + b"\\n")
-
-        with ForwardedBridge(user_id, send_voice_state) as bridge:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_voice, bridge)  # connects voice through the bridge
-                buffer = b""
-                async for chunk in stream:  # the main bot forwards {"t": ..., "d": ...}
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\\n")
-                    for line in lines:
-                        event = json.loads(line)
-                        bridge.dispatch(event["t"], event["d"])
-            # leaving the with block closes the bridge: voice sees its subscriptions end
-
-On the main bot's side, forward ``shard.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)`` to
-the stream, and call ``shard.update_voice_state(...)`` for each op 4 request coming back.
+``examples/bridge_worker.py`` is a complete, tested two-process setup: the main process owns the
+shard and forwards the two dispatches over a socket, one JSON object per line; the worker feeds
+them to ``bridge.dispatch(t, d)`` and sends op 4 requests back through ``send_voice_state``.
 """
 
 from __future__ import annotations
