@@ -1,0 +1,159 @@
+"""side_by_side.py's sender for discore_voice: N streams from one process, one shard.
+
+Reads the receiver's JSON line from ``--info``, connects N voice connections at once (one per
+guild), then plays the same PCM (``--pcm``, encoded by each connection at 128 kbps with FEC) or
+the same pre-encoded Opus packets (``--opus``, length-prefixed) on all of them together. Prints
+one JSON line: connect time, CPU-seconds over the playing window, RSS per connection, and the
+connections' own send stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import ssl
+import struct
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import trio
+
+from discore_voice import (
+    AudioSource,
+    EncoderSettings,
+    Intents,
+    PcmSource,
+    open_shard,
+    voice_connection,
+)
+from discore_voice._audio.sources import SourceKind
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def read_packets(path: str) -> list[bytes]:
+    data = Path(path).read_bytes()
+    packets, offset = [], 0
+    while offset < len(data):
+        (size,) = struct.unpack_from("<H", data, offset)
+        packets.append(data[offset + 2 : offset + 2 + size])
+        offset += 2 + size
+    return packets
+
+
+class OpusPackets(AudioSource):
+    """Pre-encoded 20 ms Opus packets, passed through untouched."""
+
+    kind: ClassVar[SourceKind] = SourceKind.OPUS
+
+    def __init__(self, packets: list[bytes]) -> None:
+        super().__init__("<pre-encoded opus>")
+        self._iter = iter(packets)
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._iter = iter(())
+
+
+async def run(args: argparse.Namespace) -> dict:
+    info = json.loads(Path(args.info).read_text())  # noqa: ASYNC240 (set-up, before timing)
+    guilds = info["guilds"][: args.n]
+    context = ssl.create_default_context(cafile=info["ca_pem_path"])
+    pcm = Path(args.pcm).read_bytes() if args.pcm else None  # noqa: ASYNC240 (set-up, before timing)
+    packets = read_packets(args.opus) if args.opus else None
+    encoder = EncoderSettings(bitrate=128_000, fec=True)
+    connected_at: list[float] = []
+    all_connected = trio.Event()
+    go = trio.Event()
+    played = []
+    finished = trio.Event()
+    stats = []
+    result: dict = {"side": "discore_voice", "n": args.n}
+    with trio.fail_after(args.timeout):
+        async with open_shard(
+            info["bot_token"],
+            intents=Intents.VOICE_DEFAULT,
+            gateway_url=info["gateway_url"],
+            ssl_context=context,
+        ) as shard:
+            rss_before = rss_bytes()
+
+            async def stream(guild_id: str, channel_id: str) -> None:
+                async with voice_connection(
+                    shard, guild_id, channel_id, ssl_context=context, encoder=encoder
+                ) as vc:
+                    connected_at.append(time.perf_counter())
+                    if len(connected_at) == len(guilds):
+                        all_connected.set()
+                    await go.wait()
+                    if pcm is not None:
+                        source: AudioSource = PcmSource.from_bytes(pcm)
+                    else:
+                        assert packets is not None
+                        source = OpusPackets(packets)
+                    frames = await vc.play(source)
+                    played.append(frames)
+                    if len(played) == len(guilds):
+                        finished.set()
+                    await finished.wait()
+                    await trio.sleep(0.3)  # the trailing silence frames
+                    send = vc.send_stats
+                    stats.append(dataclasses.asdict(send))
+
+            async with trio.open_nursery() as nursery:
+                start = time.perf_counter()
+                for guild_id, channel_id in guilds:
+                    nursery.start_soon(stream, guild_id, channel_id)
+                await all_connected.wait()
+                result["connect_s"] = max(connected_at) - start
+                result["first_connect_s"] = min(connected_at) - start
+                rss_connected = rss_bytes()
+                result["rss_per_connection"] = (rss_connected - rss_before) / len(guilds)
+                cpu0, wall0 = cpu_seconds(), time.perf_counter()
+                go.set()
+                await finished.wait()
+                result["cpu_s"] = cpu_seconds() - cpu0
+                result["play_wall_s"] = time.perf_counter() - wall0
+                result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                result["frames"] = played
+    totals = {
+        key: sum(entry[key] for entry in stats)
+        for key in ("frames_sent", "silence_frames", "skipped_late", "stalls", "packets_dropped")
+    }
+    totals["gap_max_ms"] = max(entry["gap_max_ms"] for entry in stats)
+    totals["encode_mean_us"] = sum(entry["encode_time_us"] for entry in stats) / max(
+        1, sum(entry["frames_encoded"] for entry in stats)
+    )
+    result["send_stats"] = totals
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--info", required=True)
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--pcm")
+    parser.add_argument("--opus")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    result = trio.run(run, parser.parse_args())
+    print(json.dumps({"event": "done", **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
