@@ -18,7 +18,6 @@ import logging
 import os
 import resource
 import ssl
-import struct
 import sys
 import time
 from pathlib import Path
@@ -28,26 +27,7 @@ import discord
 import discord.gateway
 import discord.http
 import yarl
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def read_packets(path: str) -> list[bytes]:
-    data = Path(path).read_bytes()
-    packets, offset = [], 0
-    while offset < len(data):
-        (size,) = struct.unpack_from("<H", data, offset)
-        packets.append(data[offset + 2 : offset + 2 + size])
-        offset += 2 + size
-    return packets
+from _sbs_process import cpu_seconds, read_packets, rss_bytes
 
 
 class OpusPackets(discord.AudioSource):

@@ -14,12 +14,12 @@ import dataclasses
 import json
 import resource
 import ssl
-import struct
 import time
 from pathlib import Path
 from typing import ClassVar
 
 import trio
+from _sbs_process import cpu_seconds, read_packets, rss_bytes
 
 from discore_voice import (
     AudioSource,
@@ -30,26 +30,6 @@ from discore_voice import (
     voice_connection,
 )
 from discore_voice._audio.sources import SourceKind
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def read_packets(path: str) -> list[bytes]:
-    data = Path(path).read_bytes()
-    packets, offset = [], 0
-    while offset < len(data):
-        (size,) = struct.unpack_from("<H", data, offset)
-        packets.append(data[offset + 2 : offset + 2 + size])
-        offset += 2 + size
-    return packets
 
 
 class OpusPackets(AudioSource):

@@ -1,0 +1,37 @@
+"""What both benchmark senders measure about themselves, with the standard library only.
+
+The two senders run in different venvs (ours, and discord.py's own), so this module imports
+nothing but the standard library; both are started as scripts, which puts this folder on
+``sys.path``.
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+from pathlib import Path
+
+__all__ = ["cpu_seconds", "read_packets", "rss_bytes"]
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (not the peak, which never goes down)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def read_packets(path: str) -> list[bytes]:
+    """The pre-encoded Opus packets the driver wrote: a little-endian u16 length, then bytes."""
+    data = Path(path).read_bytes()
+    packets, offset = [], 0
+    while offset < len(data):
+        (size,) = struct.unpack_from("<H", data, offset)
+        packets.append(data[offset + 2 : offset + 2 + size])
+        offset += 2 + size
+    return packets
