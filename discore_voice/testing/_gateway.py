@@ -59,9 +59,6 @@ class ConnectionInfo:
         return self.close_code is not None
 
 
-_VOICE_DISPATCHES = frozenset({"VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE"})
-
-
 @dataclass(frozen=True)
 class _Close:
     code: int
@@ -170,13 +167,8 @@ class _Connection:
             self._world._changed()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
-        previous_was_voice = False
         try:
             async for item in self._queue_out:
-                is_voice = isinstance(item, dict) and item.get("t") in _VOICE_DISPATCHES
-                if is_voice and previous_was_voice and self._world.voice_events_gap > 0:
-                    await trio.sleep(self._world.voice_events_gap)
-                previous_was_voice = is_voice
                 if isinstance(item, _Close):
                     self._server_close = item
                     logger.info("closing a gateway connection with %d", item.code)

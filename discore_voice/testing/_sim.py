@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -102,6 +102,11 @@ class LocalDiscord(World):
         return [] if self._rest is None else list(self._rest.requests)
 
 
+async def _after(delay: float, action: Callable[[], None]) -> None:
+    await trio.sleep(delay)
+    action()
+
+
 @asynccontextmanager
 async def open_local_discord(
     *,
@@ -162,6 +167,7 @@ async def open_local_discord(
         discord._gateway, discord._rest, discord._voice_server = gateway, rest, voice
         async with trio.open_nursery() as nursery:
             discord._nursery = nursery
+            discord._call_later = lambda delay, action: nursery.start_soon(_after, delay, action)
             gateway_bound = await nursery.start(gateway.serve, host, gateway_port)
             api_bound = await nursery.start(rest.serve, host, api_port)
             await nursery.start(voice.serve, host)

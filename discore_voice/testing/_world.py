@@ -340,6 +340,8 @@ class World:
         #: Seconds between the two voice dispatches on the wire. Discord's arrive apart; some
         #: clients (discord.py 2.7.1) lose a wake-up when both land in one event-loop pass.
         self.voice_events_gap = voice_events_gap
+        #: How the world schedules a delayed event: set by the running simulator (its nursery).
+        self._call_later: Callable[[float, Callable[[], None]], None] | None = None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.rate_limit = rate_limit
@@ -765,12 +767,30 @@ class World:
         if record.owner is not None and (new_token or record.token is None):
             record.token = secrets.token_hex(8)
             record.endpoint = self.voice_endpoint
-        for which in self.voice_events_order:
-            if which == "state":
-                self._broadcast_voice_state(record, record.channel_id)
-            else:
-                self._send_server_update(record)
+        first, second = self.voice_events_order
+        self._announce(record, first)
+        if self.voice_events_gap > 0 and self._call_later is not None:
+            # Only this guild's second event waits: other messages, and other guilds' voice
+            # events, keep flowing, as they do on Discord.
+            token = record.token
+            self._call_later(
+                self.voice_events_gap, lambda: self._announce_if_current(record, second, token)
+            )
+        else:
+            self._announce(record, second)
         self._changed()
+
+    def _announce(self, record: _VoiceRecord, which: str) -> None:
+        if which == "state":
+            self._broadcast_voice_state(record, record.channel_id)
+        else:
+            self._send_server_update(record)
+
+    def _announce_if_current(self, record: _VoiceRecord, which: str, token: str | None) -> None:
+        """The delayed half of a join, unless a leave or a move superseded the join meanwhile."""
+        if self._voice.get((record.guild_id, record.user_id)) is record and record.token == token:
+            self._announce(record, which)
+            self._changed()
 
     def _leave(self, record: _VoiceRecord) -> None:
         self._voice.pop((record.guild_id, record.user_id), None)
