@@ -1,10 +1,11 @@
-"""side_by_side.py's sender for discore_voice: N streams from one process, one shard.
+"""side_by_side.py's sender for discore_voice: N streams from one process.
 
 Reads the receiver's JSON line from ``--info``, connects N voice connections at once (one per
-guild), then plays the same PCM (``--pcm``, encoded by each connection at 128 kbps with FEC) or
-the same pre-encoded Opus packets (``--opus``, length-prefixed) on all of them together. Prints
-one JSON line: connect time, CPU-seconds over the playing window, RSS per connection, and the
-connections' own send stats.
+guild, through ``--shards`` shards: a gateway connection may send 120 commands a minute, so a bot
+with 1000 voice connections needs at least ten shards, as on Discord), then plays the same PCM
+(``--pcm``, encoded by each connection at 128 kbps with FEC) or the same pre-encoded Opus packets
+(``--opus``, length-prefixed) on all of them together. Prints one JSON line: connect time,
+CPU-seconds over the playing window, RSS per connection, and the connections' own send stats.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from _sbs_process import cpu_seconds, read_packets, rss_bytes
 from discore_voice import (
     AudioSource,
     EncoderSettings,
+    IdentifyLimiter,
     Intents,
     PcmSource,
+    Shard,
     open_shard,
+    shard_for_guild,
     voice_connection,
 )
 from discore_voice._audio.sources import SourceKind
@@ -65,37 +69,56 @@ async def run(args: argparse.Namespace) -> dict:
     finished = trio.Event()
     stats = []
     result: dict = {"side": "discore_voice", "n": args.n}
-    with trio.fail_after(args.timeout):
+    shard_count = args.shards or max(1, -(-len(guilds) // 100))
+    # Large bots get max_concurrency 16 (``GET /gateway/bot``): sixteen identifies at once.
+    identify_limiter = IdentifyLimiter(max_concurrency=16)
+    shards: dict[int, Shard] = {}
+    shards_ready = trio.Event()
+
+    async def keep_shard(shard_id: int) -> None:
         async with open_shard(
             info["bot_token"],
             intents=Intents.VOICE_DEFAULT,
+            shard_id=shard_id,
+            shard_count=shard_count,
             gateway_url=info["gateway_url"],
             ssl_context=context,
+            identify_limiter=identify_limiter,
         ) as shard:
+            shards[shard_id] = shard
+            if len(shards) == shard_count:
+                shards_ready.set()
+            await trio.sleep_forever()
+
+    async def stream(guild_id: str, channel_id: str) -> None:
+        shard = shards[shard_for_guild(guild_id, shard_count)]
+        async with voice_connection(
+            shard, guild_id, channel_id, ssl_context=context, encoder=encoder
+        ) as vc:
+            connected_at.append(time.perf_counter())
+            if len(connected_at) == len(guilds):
+                all_connected.set()
+            await go.wait()
+            if pcm is not None:
+                source: AudioSource = PcmSource.from_bytes(pcm)
+            else:
+                assert packets is not None
+                source = OpusPackets(packets)
+            frames = await vc.play(source)
+            played.append(frames)
+            if len(played) == len(guilds):
+                finished.set()
+            await finished.wait()
+            await trio.sleep(0.3)  # the trailing silence frames
+            stats.append(dataclasses.asdict(vc.send_stats))
+
+    with trio.fail_after(args.timeout):
+        async with trio.open_nursery() as shard_nursery:
+            for shard_id in range(shard_count):
+                shard_nursery.start_soon(keep_shard, shard_id)
+            await shards_ready.wait()
+            result["shards"] = shard_count
             rss_before = rss_bytes()
-
-            async def stream(guild_id: str, channel_id: str) -> None:
-                async with voice_connection(
-                    shard, guild_id, channel_id, ssl_context=context, encoder=encoder
-                ) as vc:
-                    connected_at.append(time.perf_counter())
-                    if len(connected_at) == len(guilds):
-                        all_connected.set()
-                    await go.wait()
-                    if pcm is not None:
-                        source: AudioSource = PcmSource.from_bytes(pcm)
-                    else:
-                        assert packets is not None
-                        source = OpusPackets(packets)
-                    frames = await vc.play(source)
-                    played.append(frames)
-                    if len(played) == len(guilds):
-                        finished.set()
-                    await finished.wait()
-                    await trio.sleep(0.3)  # the trailing silence frames
-                    send = vc.send_stats
-                    stats.append(dataclasses.asdict(send))
-
             async with trio.open_nursery() as nursery:
                 start = time.perf_counter()
                 for guild_id, channel_id in guilds:
@@ -112,6 +135,7 @@ async def run(args: argparse.Namespace) -> dict:
                 result["play_wall_s"] = time.perf_counter() - wall0
                 result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 result["frames"] = played
+            shard_nursery.cancel_scope.cancel()
     totals = {
         key: sum(entry[key] for entry in stats)
         for key in ("frames_sent", "silence_frames", "skipped_late", "stalls", "packets_dropped")
@@ -131,6 +155,7 @@ def main() -> None:
     parser.add_argument("--pcm")
     parser.add_argument("--opus")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--shards", type=int, default=0, help="default: one per 100 guilds")
     result = trio.run(run, parser.parse_args())
     print(json.dumps({"event": "done", **result}), flush=True)
 

@@ -22,8 +22,10 @@ Run from the repository root (the defaults take a few minutes on 2 cores):
 
     .venv/bin/python benchmarks/side_by_side.py [--seconds 10] [--pcm-n 1,10] [--opus-n 1,100]
         [--sides ours,discord.py] [--json benchmarks/results/side_by_side.json]
+        [--plot benchmarks/results/side_by_side_gaps.png]
 
-Nothing here asserts a timing: it prints a table and writes the numbers as JSON.
+Nothing here asserts a timing: it prints a table, writes the numbers as JSON and, when matplotlib
+is installed (the ``bench`` extra), a PNG of the gap distributions (``plot_gaps.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import plot_gaps  # benchmarks/, first on sys.path when this runs as a script
 
 from discore_voice._audio.opus import PCM_BLOCK_SIZE, OpusEncoder
 from discore_voice._audio.signals import sine_pcm
@@ -148,6 +152,9 @@ def analyse(side: str, report: dict[str, Any], frames: int) -> dict[str, Any]:
         "gap_p99_ms": percentile(pooled, 0.99),
         "gap_max_ms": pooled[-1] if pooled else float("nan"),
         "gaps_counted": len(pooled),
+        # The pooled gaps themselves (ms, sorted, 1 µs resolution), same frames as the
+        # percentiles, so plot_gaps.py can draw the distribution rather than three numbers.
+        "audio_gaps_ms": [round(gap, 3) for gap in pooled],
         "first_gap_median_ms": percentile(first_gaps, 0.5),
         "first_gap_max_ms": first_gaps[-1] if first_gaps else float("nan"),
         "worst_grid_offset_ms": worst_offset,
@@ -172,6 +179,8 @@ def run_one(
     ]
     if side == "discord.py" or args.xchacha_only:
         receiver_cmd.append("--xchacha-only")
+    if n >= args.lean_from:
+        receiver_cmd.append("--lean")
     receiver = subprocess.Popen(
         receiver_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -197,6 +206,16 @@ def run_one(
         ]
         if side == "discord.py":
             sender_cmd += ["--concurrency", str(args.dpy_connect_concurrency)]
+        if args.profile:
+            # A sampling profiler outside the process: it does not slow the sender down.
+            profile = Path(args.profile) / f"{side}-{kind}-{n}.txt"
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            sender_cmd = [
+                shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                *("record", "--nonblocking", "--format", "raw", "--rate", "250"),
+                *("--output", str(profile), "--"),
+                *sender_cmd,
+            ]
         env = dict(os.environ)
         for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
             env.pop(name, None)
@@ -321,7 +340,23 @@ def main() -> int:
         " connecting N costs about 2*N*gap; discord.py needs it > 0 (its lost wake-up)",
     )
     parser.add_argument("--xchacha-only", action="store_true", help="same cipher for our side too")
+    parser.add_argument(
+        "--lean-from",
+        type=int,
+        default=500,
+        help="from this N on the receiver only counts and stamps (no decryption), to keep up",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="directory for py-spy profiles of each sender (collapsed stacks; needs py-spy)",
+    )
     parser.add_argument("--json", default=str(HERE / "results" / "side_by_side.json"))
+    parser.add_argument(
+        "--plot",
+        default=str(plot_gaps.DEFAULT_OUT),
+        help="PNG of the gap distributions (needs matplotlib: the bench extra); '' for none",
+    )
     args = parser.parse_args()
     sides = [side.strip() for side in args.sides.split(",") if side.strip()]
     if "discord.py" in sides and not PEER_PYTHON.is_file():
@@ -378,7 +413,24 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=1))
     print(f"wrote {path}")
+    if args.plot:
+        plot(str(path), output, Path(args.plot))
     return 1 if failures else 0
+
+
+def plot(name: str, output: dict[str, Any], out: Path) -> None:
+    """Draws the gap PNG if it can; a missing matplotlib or an empty run only skips the plot.
+
+    The measurements are already on disk by now, so nothing about the plot may fail the run.
+    """
+    try:
+        written, notes = plot_gaps.render([(name, output)], out)
+    except plot_gaps.PlotError as exc:  # MatplotlibMissing included: its message says what to do
+        print(f"plot skipped: {exc}")
+        return
+    for note in notes:
+        print(f"plot: {note}")
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":
