@@ -40,6 +40,7 @@ __all__ = [
     "install_command",
     "load_opus",
     "native_status",
+    "opus_load_attempted",
     "require_opusenc",
 ]
 
@@ -288,6 +289,11 @@ def load_opus() -> OpusLib:
     if isinstance(result, _Missing):
         raise NativeLibraryMissing(result.library, result.command) from result.cause
     return result
+
+
+def opus_load_attempted() -> bool:
+    """Whether :func:`load_opus` already ran in this process (whatever it found): now free."""
+    return _result is not None
 
 
 def require_opusenc() -> OpusLib:

@@ -8,8 +8,19 @@ cost next to nothing.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from trio.testing import MockClock
+
+from discore_voice._errors import NativeLibraryMissing
+from discore_voice._native import load_opus
+
+# Loaded once for the whole run, before any test: a connection otherwise loads it in a worker
+# thread, and ``jump_clock`` would move mock time on while that thread works (seconds of
+# heartbeats in one go). The test of that warm-up forgets the load and checks the thread.
+with contextlib.suppress(NativeLibraryMissing):
+    load_opus()
 
 
 @pytest.fixture

@@ -95,14 +95,19 @@ class ForwardedBridge(ClosesOnExit):
         """Closed: its subscriptions ended and op 4 raises BridgeClosed."""
         return self._hub.closed
 
-    def subscribe(self, *event_names: str, buffer_size: int | None = None) -> Subscription:
-        """Receive the forwarded voice events (both if none are named)."""
+    def subscribe(
+        self,
+        *event_names: str,
+        buffer_size: int | None = None,
+        guild_id: int | str | None = None,
+    ) -> Subscription:
+        """Receive the forwarded voice events (both if none are named), of one guild if given."""
         unknown = set(event_names) - VOICE_EVENTS
         if unknown:
             raise UsageError(
                 "a forwarded bridge carries only VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE"
             )
-        return self._hub.subscribe(event_names or VOICE_EVENTS, buffer_size)
+        return self._hub.subscribe(event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id)
 
     def dispatch(self, event_name: str, data: Any) -> None:
         """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""

@@ -211,12 +211,19 @@ class Shard:
         guild = validate_snowflake(guild_id, name="guild_id")
         return (guild >> 22) % self._shard_count == self._shard_id
 
-    def subscribe(self, *event_names: str, buffer_size: int | None = None) -> Subscription:
+    def subscribe(
+        self,
+        *event_names: str,
+        buffer_size: int | None = None,
+        guild_id: int | str | None = None,
+    ) -> Subscription:
         """Receive dispatches named ``event_names`` (every dispatch if none are named).
 
-        Subscribing to a stopped shard gives a subscription that is already ended.
+        With ``guild_id``, only that guild's dispatches (by their ``guild_id``) are delivered,
+        and other guilds' never wake the reader. Subscribing to a stopped shard gives a
+        subscription that is already ended.
         """
-        return self._hub.subscribe(event_names, buffer_size)
+        return self._hub.subscribe(event_names, buffer_size, guild_id=guild_id)
 
     async def update_voice_state(
         self,

@@ -57,7 +57,8 @@ from .._errors import (
     UnknownOpcode,
     UsageError,
 )
-from .bridge import GatewayVoiceBridge
+from .bridge import ForwardedBridge, GatewayVoiceBridge
+from .shard import Shard
 from .shard_events import Subscription
 from .voice_dave import VoiceDave, offered_dave_version, passthrough
 from .voice_events import DEFAULT_EVENT_BUFFER, VoiceEventHub, VoiceEvents
@@ -460,9 +461,7 @@ class VoiceConnection(VoiceSendingMixin):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self._subscription = self._bridge.subscribe(
-                        VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE
-                    )
+                    self._subscription = self._subscribe_voice_events()
                     self._spawn(run_gateway_listener, self._subscription, self)
                     self._spawn(run_heartbeat, self._session, self._current_event, self._drive)
                     self._spawn(self._sender.run)
@@ -641,6 +640,14 @@ class VoiceConnection(VoiceSendingMixin):
                 self._hub.publish(action)
         if actions:
             self._notify()
+
+    def _subscribe_voice_events(self) -> Subscription:
+        """This guild's voice dispatches; our own bridges route them by guild, so a shard with
+        hundreds of voice connections wakes only the one listener an event is for."""
+        bridge = self._bridge
+        if isinstance(bridge, (Shard, ForwardedBridge)):
+            return bridge.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE, guild_id=self.guild_id)
+        return bridge.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)
 
     def _set_media_encryptor(self, encryptor: Callable[[bytes], bytes]) -> None:
         self._media_encryptor = encryptor

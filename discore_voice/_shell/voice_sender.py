@@ -29,6 +29,7 @@ the connection is invalidated, which also releases anyone waiting for room.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
@@ -52,7 +53,8 @@ from .._audio.sources import AudioSource, SourceKind
 from .._core.pacing import DEFAULT_MAX_EARLY, Pacer, Send, Skip
 from .._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer
 from .._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from .._errors import UsageError
+from .._errors import NativeLibraryMissing, UsageError
+from .._native import load_opus, opus_load_attempted
 from .voice_sender_clock import send_clock
 
 if TYPE_CHECKING:
@@ -461,6 +463,7 @@ class VoiceSender:
         :mod:`~discore_voice._shell.voice_sender_clock` for why).
         """
         clock = send_clock()
+        await _warm_up_opus()
         try:
             while not self._closed:
                 changed = self._changed()
@@ -544,6 +547,21 @@ class VoiceSender:
                 self._gap_max = gap
         self._release_room()
         return pacer.due_at
+
+
+async def _warm_up_opus() -> None:
+    """Load libopus in a worker thread while the connection is still handshaking.
+
+    The first load imports pyogg, which probes its libraries with ``ldconfig`` and ``gcc``
+    subprocesses: about 50 ms of CPU, measured as the longest gap of a whole PCM stream when it
+    happened on the trio thread at the first frame (and every connection's frames wait for it).
+    A missing library is not reported here: only encoding needs it, and the first PCM frame
+    reports it as before. Later connections find it loaded and skip the thread.
+    """
+    if opus_load_attempted():
+        return
+    with contextlib.suppress(NativeLibraryMissing):
+        await trio.to_thread.run_sync(load_opus, abandon_on_cancel=True)
 
 
 class VoiceSendingMixin:

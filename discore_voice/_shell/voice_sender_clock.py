@@ -100,13 +100,11 @@ class SendClock:
         while True:
             now = trio.current_time()
             slice_end = now + _WORK_SLICE
-            worked = False
             # 1. Every frame that is due goes out before any encoding.
             while heap and heap[0][0] <= now + BATCH_SLACK:
                 _, token, sender = heapq.heappop(heap)
                 if live.get(sender) != token:
                     continue
-                worked = True
                 try:
                     due = sender.step(now)
                 except Exception as exc:  # handed to the sender's own task, which fails
@@ -121,22 +119,20 @@ class SendClock:
                 fills.append(sender)
                 if trio.current_time() > slice_end:
                     break
-            # 2. Encode ahead in the slack, until a frame is nearly due or a slice is used up.
-            if not worked:
-                while fills:
-                    if heap and heap[0][0] <= trio.current_time() + BATCH_SLACK:
-                        break
-                    sender = fills.popleft()
-                    if sender in live:
-                        worked = True
-                        try:
-                            sender.fill()
-                        except Exception as exc:
-                            del live[sender]
-                            sender.detached(exc)
-                    if trio.current_time() > slice_end:
-                        break
-            if worked:
+            # 2. Encode ahead in the slack, in the same pass (every due frame is out), until a
+            #    frame is nearly due or the slice is used up.
+            while fills and trio.current_time() <= slice_end:
+                if heap and heap[0][0] <= trio.current_time() + BATCH_SLACK:
+                    break
+                sender = fills.popleft()
+                if sender in live:
+                    try:
+                        sender.fill()
+                    except Exception as exc:
+                        del live[sender]
+                        sender.detached(exc)
+            if fills or (heap and heap[0][0] <= trio.current_time() + BATCH_SLACK):
+                # More work, but other tasks (websockets, producers) get the thread first.
                 await trio.lowlevel.checkpoint()
                 continue
             # 3. Nothing to do before the next frame (or an attach) is due.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+from discore_voice import _native
 from discore_voice._audio import opus as opus_module
 from discore_voice._audio.ogg import AudioSourceError
 from discore_voice._audio.opus import OpusEncoder
@@ -440,6 +442,30 @@ async def test_a_failing_send_ends_that_connection_only() -> None:
                     lambda: silence_count(env.voice.media.recording(env.bot_id).packets) >= 5
                 )
                 assert other.send_stats.frames_sent == 5
+
+
+async def test_libopus_is_loaded_in_a_worker_thread_before_the_first_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loaded_on: list[int] = []
+    real_load = _native._load
+
+    def recording_load() -> object:
+        loaded_on.append(threading.get_ident())
+        return real_load()
+
+    monkeypatch.setattr(_native, "_load", recording_load)
+    monkeypatch.setattr(_native, "_result", None)  # as in a fresh process
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            await vc.send_voice_data(sine_pcm(0.1))
+            await env.wait_silence(5)
+    assert vc.send_stats.frames_encoded == 5
+    # Loaded once, and not on the trio thread, where it would have delayed the first frame.
+    assert len(loaded_on) == 1 and loaded_on[0] != threading.get_ident()
 
 
 async def test_missing_libopus_invalidates_with_native_library_missing(
