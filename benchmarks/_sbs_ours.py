@@ -16,6 +16,7 @@ import json
 import resource
 import ssl
 import time
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -55,6 +56,21 @@ class OpusPackets(AudioSource):
         self._iter = iter(())
 
 
+def shards_needed(guild_ids: list[int], per_shard: int = 100) -> int:
+    """The fewest shards that put at most ``per_shard`` of these guilds on any one shard.
+
+    A shard may send 120 commands a minute, so more voice joins than that on one shard wait for
+    the next window. Guild ids made within the same millisecond land on the same shard
+    (``(id >> 22) % count``), so an even split is not a given.
+    """
+    count = max(1, -(-len(guild_ids) // per_shard))
+    while True:
+        load = Counter(shard_for_guild(guild_id, count) for guild_id in guild_ids)
+        if max(load.values(), default=0) <= per_shard:
+            return count
+        count += 1
+
+
 async def run(args: argparse.Namespace) -> dict:
     info = json.loads(Path(args.info).read_text())  # noqa: ASYNC240 (set-up, before timing)
     guilds = info["guilds"][: args.n]
@@ -69,7 +85,7 @@ async def run(args: argparse.Namespace) -> dict:
     finished = trio.Event()
     stats = []
     result: dict = {"side": "discore_voice", "n": args.n}
-    shard_count = args.shards or max(1, -(-len(guilds) // 100))
+    shard_count = args.shards or shards_needed([int(guild_id) for guild_id, _ in guilds])
     # Large bots get max_concurrency 16 (``GET /gateway/bot``): sixteen identifies at once.
     identify_limiter = IdentifyLimiter(max_concurrency=16)
     shards: dict[int, Shard] = {}

@@ -168,6 +168,17 @@ def analyse(side: str, report: dict[str, Any], frames: int) -> dict[str, Any]:
     }
 
 
+def py_spy(output: Path, command: list[str]) -> list[str]:
+    """``command`` under a sampling profiler outside the process, which does not slow it down."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+        *("record", "--nonblocking", "--format", "raw", "--rate", "250"),
+        *("--output", str(output), "--"),
+        *command,
+    ]
+
+
 def run_one(
     side: str, kind: str, n: int, args: argparse.Namespace, scratch: Path, inputs: dict[str, Path]
 ) -> dict[str, Any]:
@@ -181,6 +192,8 @@ def run_one(
         receiver_cmd.append("--xchacha-only")
     if n >= args.lean_from:
         receiver_cmd.append("--lean")
+    if args.profile:
+        receiver_cmd = py_spy(Path(args.profile) / f"receiver-{side}-{kind}-{n}.txt", receiver_cmd)
     receiver = subprocess.Popen(
         receiver_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -207,15 +220,7 @@ def run_one(
         if side == "discord.py":
             sender_cmd += ["--concurrency", str(args.dpy_connect_concurrency)]
         if args.profile:
-            # A sampling profiler outside the process: it does not slow the sender down.
-            profile = Path(args.profile) / f"{side}-{kind}-{n}.txt"
-            profile.parent.mkdir(parents=True, exist_ok=True)
-            sender_cmd = [
-                shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                *("record", "--nonblocking", "--format", "raw", "--rate", "250"),
-                *("--output", str(profile), "--"),
-                *sender_cmd,
-            ]
+            sender_cmd = py_spy(Path(args.profile) / f"{side}-{kind}-{n}.txt", sender_cmd)
         env = dict(os.environ)
         for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
             env.pop(name, None)
@@ -247,6 +252,8 @@ def run_one(
         receiver.stdin.write(b"quit\n")
         receiver.stdin.flush()
     finally:
+        if receiver.stdin is not None:
+            receiver.stdin.close()  # EOF ends the receiver (and lets a profiler write its file)
         try:
             receiver.wait(timeout=10.0)
         except subprocess.TimeoutExpired:

@@ -88,6 +88,10 @@ _logger = logging.getLogger("discore_voice.voice")
 #: Seconds leaving the block may spend telling Discord we left (op 4 with a null channel). It is
 #: shielded from cancellation, so it must be bounded: a shard that is reconnecting would wait.
 LEAVE_TIMEOUT: Final = 5.0
+#: Seconds op 4 may wait to be sent, beyond the connect timeout: Discord allows a gateway
+#: connection 120 commands a minute, so a shard asked to join more voice channels at once than
+#: that queues the rest for up to one window. The handshake's own timeout starts when it is sent.
+OP4_QUEUE_ALLOWANCE: Final = 60.0
 #: Seconds to open the voice websocket (TCP, TLS and the HTTP upgrade) before trying again.
 WEBSOCKET_CONNECT_TIMEOUT: Final = 10.0
 
@@ -436,6 +440,9 @@ class VoiceConnection(VoiceSendingMixin):
     ) -> AsyncIterator[VoiceConnection]:
         """Join ``channel_id`` and finish the handshake, or raise :class:`VoiceConnectionFailed`.
 
+        ``timeout`` bounds the handshake from the moment op 4 is sent; before that, op 4 may
+        wait its turn under the shard's rate limit (see :data:`OP4_QUEUE_ALLOWANCE`).
+
         Leaving the block leaves the channel, stops every task, closes every socket and
         invalidates the connection with reason NORMAL (if it was still valid).
         """
@@ -467,19 +474,25 @@ class VoiceConnection(VoiceSendingMixin):
                     self._spawn(self._sender.run)
                     self._spawn(self._sender.keep_speaking)
                     self._log.info("connecting to channel %d", channel)
-                    with trio.move_on_after(timeout):
+                    start = trio.current_time()
+                    # The handshake's timeout starts once op 4 is out: a shard whose voice
+                    # joins outrun its rate limit queues them, for up to one more window.
+                    with trio.move_on_after(timeout + OP4_QUEUE_ALLOWANCE) as sending:
                         await self._drive(
                             self._session.connect(channel, self_mute=self_mute, self_deaf=self_deaf)
                         )
-                        await self._wait(lambda: not self.is_connecting)
+                    if not sending.cancelled_caught:
+                        with trio.move_on_after(timeout):
+                            await self._wait(lambda: not self.is_connecting)
                     if self.is_connecting:
-                        await self._drive(
-                            self._session.fail(
-                                InvalidationReason.TIMED_OUT,
-                                f"the voice handshake did not finish within {timeout:g} s (is "
-                                "the channel full, or the bot missing permission to join it?)",
-                            )
+                        detail = (
+                            f"the voice handshake did not finish within {timeout:g} s (is "
+                            "the channel full, or the bot missing permission to join it?)"
+                            if not sending.cancelled_caught
+                            else f"op 4 could not be sent within {sending.deadline - start:g} s "
+                            "(the gateway is down, or far over its rate limit)"
                         )
+                        await self._drive(self._session.fail(InvalidationReason.TIMED_OUT, detail))
                     invalidation = self._session.invalidation
                     if invalidation is not None:
                         failure = VoiceConnectionFailed(invalidation.reason, invalidation.detail)

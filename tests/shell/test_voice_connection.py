@@ -18,6 +18,7 @@ from discore_voice._core import dave as core_dave
 from discore_voice._core.dave import DaveStateChanged, max_supported_dave_version
 from discore_voice._core.gateway_errors import AuthenticationFailed
 from discore_voice._core.gateway_intents import Intents
+from discore_voice._core.gateway_limits import SendRateLimiter
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
 from discore_voice._core.voice_session import (
     Connected,
@@ -790,3 +791,42 @@ async def test_secrets_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> 
             for secret in (token, session_id, key.hex(), str(list(key))):
                 assert secret not in text
                 assert secret not in caplog.text
+
+
+async def test_the_timeout_starts_when_a_rate_limited_op4_goes_out(jump_clock: MockClock) -> None:
+    with trio.fail_after(WAIT * 10):
+        async with environment() as env:
+            # Two ordinary commands a minute: the third join waits a whole window for its op 4.
+            env.shard._limiter = SendRateLimiter(limit=3, window=60.0, reserved=1)
+            channels = []
+            for index in range(3):
+                guild = env.discord.add_guild(name=f"g{index}")
+                channels.append((guild.id, guild.add_voice_channel().id))
+            connected_at: list[float] = []
+            start = trio.current_time()
+
+            async def join(guild_id: int, channel_id: int) -> None:
+                async with voice_connection(env.shard, guild_id, channel_id, timeout=5) as vc:
+                    connected_at.append(trio.current_time() - start)
+                    assert vc.is_connected
+
+            async with trio.open_nursery() as nursery:
+                for guild_id, channel_id in channels:
+                    nursery.start_soon(join, guild_id, channel_id)
+    connected_at.sort()
+    assert connected_at[1] < 5 and connected_at[2] >= 55  # queued ~60 s, then connected
+
+
+async def test_an_op4_that_cannot_be_sent_times_out(jump_clock: MockClock) -> None:
+    with trio.fail_after(WAIT * 10):
+        async with environment() as env:
+            env.shard._limiter = SendRateLimiter(limit=2, window=600.0, reserved=1)
+            other = env.discord.add_guild(name="other")
+            async with voice_connection(env.shard, other.id, other.add_voice_channel().id):
+                start = trio.current_time()
+                with pytest.raises(VoiceConnectionFailed) as caught:
+                    async with voice_connection(env.shard, env.guild.id, env.channel.id, timeout=5):
+                        raise AssertionError("must not connect")
+    assert caught.value.reason is InvalidationReason.TIMED_OUT
+    assert "op 4 could not be sent within 65 s" in caught.value.cause
+    assert trio.current_time() - start >= 65
