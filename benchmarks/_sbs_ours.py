@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import resource
 import ssl
@@ -71,6 +72,35 @@ def shards_needed(guild_ids: list[int], per_shard: int = 100) -> int:
         count += 1
 
 
+class GcPauses:
+    """The garbage collector's pauses, by generation: a long one stalls every stream at once."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        gc.callbacks.append(self.observe)
+
+    def observe(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+
+    def reset(self) -> None:
+        for pauses in self.pauses.values():
+            pauses.clear()
+
+    def summary(self) -> dict:
+        return {
+            f"gen{generation}": {
+                "count": len(pauses),
+                "max_ms": max(pauses, default=0.0) * 1000,
+                "total_ms": sum(pauses) * 1000,
+            }
+            for generation, pauses in self.pauses.items()
+        }
+
+
 async def run(args: argparse.Namespace) -> dict:
     info = json.loads(Path(args.info).read_text())  # noqa: ASYNC240 (set-up, before timing)
     guilds = info["guilds"][: args.n]
@@ -85,6 +115,7 @@ async def run(args: argparse.Namespace) -> dict:
     finished = trio.Event()
     stats = []
     result: dict = {"side": "discore_voice", "n": args.n}
+    gc_pauses = GcPauses()
     shard_count = args.shards or shards_needed([int(guild_id) for guild_id, _ in guilds])
     # Large bots get max_concurrency 16 (``GET /gateway/bot``): sixteen identifies at once.
     identify_limiter = IdentifyLimiter(max_concurrency=16)
@@ -145,8 +176,10 @@ async def run(args: argparse.Namespace) -> dict:
                 rss_connected = rss_bytes()
                 result["rss_per_connection"] = (rss_connected - rss_before) / len(guilds)
                 cpu0, wall0 = cpu_seconds(), time.perf_counter()
+                gc_pauses.reset()
                 go.set()
                 await finished.wait()
+                result["gc_pauses"] = gc_pauses.summary()
                 result["cpu_s"] = cpu_seconds() - cpu0
                 result["play_wall_s"] = time.perf_counter() - wall0
                 result["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -127,6 +127,10 @@ def grid_offset(arrivals: list[list[int]], skip: int, frames: int) -> float:
     return max(phase - offsets[0], offsets[-1] - phase)
 
 
+#: A gap this long counts as late in the time histogram of late gaps.
+LATE_GAP_NS = 25_000_000
+
+
 def analyse(side: str, report: dict[str, Any], frames: int) -> dict[str, Any]:
     """Receiver-side numbers over the audio frames of every stream."""
     skip = 1 if side == "discord.py" else 0
@@ -134,7 +138,16 @@ def analyse(side: str, report: dict[str, Any], frames: int) -> dict[str, Any]:
     first_gaps: list[float] = []
     worst_offset = 0.0
     short_streams = 0
+    # When the long gaps happened: a stall of the whole sender shows as one busy bin.
+    starts = [stream["arrivals"][0][1] for stream in report["streams"] if stream.get("arrivals")]
+    origin = min(starts, default=0)
+    late_by_bin: dict[int, int] = {}
     for stream in report["streams"]:
+        arrivals = stream.get("arrivals") or []
+        for index in range(skip + 1, min(frames, len(arrivals))):
+            if arrivals[index][1] - arrivals[index - 1][1] > LATE_GAP_NS:
+                bin_ = (arrivals[index][1] - origin) // 100_000_000
+                late_by_bin[bin_] = late_by_bin.get(bin_, 0) + 1
         gaps = [gap / 1e6 for gap in stream["gaps_ns"]]
         if stream["packets"] < frames:
             short_streams += 1
@@ -152,6 +165,9 @@ def analyse(side: str, report: dict[str, Any], frames: int) -> dict[str, Any]:
         "gap_p99_ms": percentile(pooled, 0.99),
         "gap_max_ms": pooled[-1] if pooled else float("nan"),
         "gaps_counted": len(pooled),
+        "gaps_over_25ms_by_100ms": {
+            f"{bin_ / 10:.1f}s": count for bin_, count in sorted(late_by_bin.items())
+        },
         # The pooled gaps themselves (ms, sorted, 1 µs resolution), same frames as the
         # percentiles, so plot_gaps.py can draw the distribution rather than three numbers.
         "audio_gaps_ms": [round(gap, 3) for gap in pooled],
@@ -276,6 +292,7 @@ def run_one(
             key: result[key]
             for key in (
                 "send_stats",
+                "gc_pauses",
                 "errors",
                 "discord_py",
                 "connect_concurrency",

@@ -400,6 +400,7 @@ class VoiceConnection(VoiceSendingMixin):
             await event.wait()
 
     def _notify(self) -> None:
+        self._sender.relink()
         self._changed.set()
         self._changed = trio.Event()
 
@@ -554,6 +555,7 @@ class VoiceConnection(VoiceSendingMixin):
             self._closing.append(self._websocket)
             self._websocket = None
         self._udp = None
+        self._sender.relink()
         self._hub.close()
 
     async def _finish_closing(self) -> None:
@@ -633,6 +635,7 @@ class VoiceConnection(VoiceSendingMixin):
             elif isinstance(action, InstallCipher):
                 if self._udp is not None:
                     self._udp.install(create_cipher(action.mode, action.secret_key))
+                    self._sender.relink()
             elif isinstance(action, Connected):
                 self._log.info(
                     "connected to channel %d (ssrc %d, %s)",
@@ -664,6 +667,7 @@ class VoiceConnection(VoiceSendingMixin):
 
     def _set_media_encryptor(self, encryptor: Callable[[bytes], bytes]) -> None:
         self._media_encryptor = encryptor
+        self._sender.relink()
 
     async def _send_frame(self, connection_id: int, frame: str | bytes) -> None:
         """Send on websocket ``connection_id`` only if it is still the current one."""
@@ -717,6 +721,7 @@ class VoiceConnection(VoiceSendingMixin):
         )
         udp.on_packet = self._dave.on_packet
         self._udp = udp
+        self._sender.relink()
         self._udp_scope = self._spawn(udp.run, self._udp_discovered, self._udp_failed)
 
     async def _move_grace(self, action: StartMoveGrace) -> None:
