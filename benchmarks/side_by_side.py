@@ -235,6 +235,8 @@ def run_one(
         ]
         if side == "discord.py":
             sender_cmd += ["--concurrency", str(args.dpy_connect_concurrency)]
+        elif args.gc_freeze:
+            sender_cmd.append("--gc-freeze")
         if args.profile:
             sender_cmd = py_spy(Path(args.profile) / f"{side}-{kind}-{n}.txt", sender_cmd)
         env = dict(os.environ)
@@ -281,6 +283,7 @@ def run_one(
         "kind": kind,
         "n": n,
         "seconds": args.seconds,
+        "gc_freeze": bool(args.gc_freeze and side == "ours"),
         "cpu_s": result["cpu_s"],
         "cpu_per_stream_second": result["cpu_s"] / (n * args.seconds),
         "play_wall_s": result["play_wall_s"],
@@ -364,6 +367,11 @@ def main() -> int:
         " connecting N costs about 2*N*gap; discord.py needs it > 0 (its lost wake-up)",
     )
     parser.add_argument("--xchacha-only", action="store_true", help="same cipher for our side too")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="our sender calls gc.freeze() once connected (README's advice for large bots)",
+    )
     parser.add_argument(
         "--lean-from",
         type=int,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,7 @@ from .._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer
 from .._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from .._errors import NativeLibraryMissing, UsageError
 from .._native import load_opus, opus_load_attempted
+from .voice_encoder_pool import EncodeJob, EncoderPool, encoder_pool
 from .voice_sender_clock import send_clock
 
 if TYPE_CHECKING:
@@ -74,6 +76,13 @@ __all__ = [
 #: other a producer that delivers just after a slot. More would only delay what ``paused``
 #: keeps queued.
 ENCODE_AHEAD: Final = 2
+#: Frames encoded ahead while encoding runs on the worker threads: one more, for the hop there
+#: and back (and a worker that waits for the GIL after its encode).
+OFFLOAD_AHEAD: Final = 3
+#: How soon to look again when the frame that is due is still being encoded by a worker. Longer
+#: than the clock's batch slack, or the clock would call again in the same pass: a spin that
+#: holds the GIL the worker needs to hand its packets back.
+_ENCODE_WAIT: Final = 0.002
 #: The PCM buffer's default size: one second (see :mod:`discore_voice._core.pcm_buffer` for why).
 DEFAULT_BUFFER_SIZE: Final = DEFAULT_CAPACITY
 #: Send gaps kept for the percentiles: the last minute of sending at 50 frames a second.
@@ -172,6 +181,14 @@ class VoiceSender:
         self._ready: deque[bytes] = deque()
         self._settings = encoder or EncoderSettings()
         self._encoder: OpusEncoder | None = None
+        # Encoding on the pool's workers: the job in flight (at most one, so the encoder is
+        # used by one thread at a time), how many of its frames still count as queued audio,
+        # and a generation that clear() bumps so a job's stale packets are dropped.
+        self._pool: EncoderPool | None = None
+        self._job: EncodeJob | None = None
+        self._in_flight = 0
+        self._generation = 0
+        self._encoder_lock = threading.Lock()
         # Random starting points, as RFC 3550 asks: receivers must not assume zero.
         self._pacer = Pacer(
             sequence=secrets.randbelow(1 << 16), timestamp=secrets.randbelow(1 << 32)
@@ -184,6 +201,7 @@ class VoiceSender:
         self._send_speaking = send_speaking
         self._connection_id = connection_id
         self._wake = trio.Event()
+        self._wake_waiting = False  # the send task waits on ``_wake`` (checked once per frame)
         self._room = trio.Event()
         self._drained = trio.Event()
         self._room_waiters = 0
@@ -213,11 +231,12 @@ class VoiceSender:
     @property
     def bytes_to_send(self) -> int:
         """PCM not yet sent, counting frames already encoded ahead (they are still to be heard)."""
-        return self._buffer.bytes_queued + (len(self._ready) + len(self._opus)) * PCM_BLOCK_SIZE
+        queued = len(self._ready) + len(self._opus) + self._in_flight
+        return self._buffer.bytes_queued + queued * PCM_BLOCK_SIZE
 
     @property
     def frames_pending(self) -> int:
-        return self._buffer.frames_ready + len(self._ready) + len(self._opus)
+        return self._buffer.frames_ready + len(self._ready) + len(self._opus) + self._in_flight
 
     @property
     def paused(self) -> bool:
@@ -291,6 +310,8 @@ class VoiceSender:
         self._buffer.clear()
         self._ready.clear()
         self._opus.clear()
+        self._generation += 1  # a job in flight now encodes for nobody
+        self._in_flight = 0
         self._release_room(force=True)
         return dropped
 
@@ -316,7 +337,8 @@ class VoiceSender:
         self.clear()
         self._poke()
         if self._encoder is not None:
-            self._encoder.close()
+            with self._encoder_lock:  # a worker may be encoding with it right now
+                self._encoder.close()
             self._encoder = None
 
     # Waiters are counted by hand: ``Event.statistics()`` costs more than the rest of a check
@@ -337,9 +359,9 @@ class VoiceSender:
             self._drained_waiters -= 1
 
     def _poke(self) -> None:
-        wake = self._wake
-        if wake.statistics().tasks_waiting:
-            wake.set()
+        if self._wake_waiting:
+            self._wake_waiting = False
+            self._wake.set()
             self._wake = trio.Event()
 
     def _release_room(self, *, force: bool = False) -> None:
@@ -354,9 +376,7 @@ class VoiceSender:
         """
         room = self._room
         if self._room_waiters and (
-            force
-            or self._buffer.bytes_queued + len(self._opus) * PCM_BLOCK_SIZE
-            <= self._refill_at
+            force or self._buffer.bytes_queued + len(self._opus) * PCM_BLOCK_SIZE <= self._refill_at
         ):
             room.set()
             self._room = trio.Event()
@@ -452,15 +472,24 @@ class VoiceSender:
 
     # -- the send task --------------------------------------------------------------------------
 
-    def _fill(self, ahead: int = ENCODE_AHEAD) -> None:
-        """Encode up to ENCODE_AHEAD frames on this thread: a run's first frame, or a late one."""
+    def _fill(self, ahead: int = ENCODE_AHEAD, *, inline: bool = False) -> None:
+        """Keep up to ``ahead`` frames encoded: on this thread, or on the pool's workers while the
+        process encodes more than the trio thread should (see ``voice_encoder_pool``).
+        ``inline`` encodes here in any case: a run's first frame goes out as soon as it can."""
         ready = self._ready
-        took = False
-        while len(ready) < ahead:
+        took = self._job is not None and self._collect()
+        pool = self._pool
+        offload = pool is not None and pool.offloading and not inline
+        if offload:
+            ahead = OFFLOAD_AHEAD
+        while len(ready) + self._in_flight < ahead and self._job is None:
             if self._opus:
                 ready.append(self._opus.popleft())
                 took = True
                 continue
+            if offload:
+                took = self._submit(ahead - len(ready)) or took
+                break
             pcm = self._buffer.read_frame()
             if pcm is None:
                 break
@@ -470,11 +499,51 @@ class VoiceSender:
                 encoder = self._encoder = self._settings.create()
             started = time.perf_counter_ns()
             packet = encoder.encode(pcm)
-            self._encode_ns += time.perf_counter_ns() - started
+            elapsed = time.perf_counter_ns() - started
+            self._encode_ns += elapsed
             self._encoded += 1
             ready.append(packet)
+            if pool is not None:
+                pool.note_encoded(elapsed, trio.current_time())
         if took:
             self._release_room()
+
+    def _submit(self, count: int) -> bool:
+        """Hand up to ``count`` PCM frames to a worker; False if there was none."""
+        frames: list[bytes] = []
+        while len(frames) < count:
+            pcm = self._buffer.read_frame()
+            if pcm is None:
+                break
+            frames.append(pcm)
+        if not frames:
+            return False
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = self._settings.create()
+        assert self._pool is not None
+        self._job = EncodeJob(encoder, self._encoder_lock, frames, self._generation)
+        self._in_flight = len(frames)
+        self._pool.submit(self._job)
+        return True
+
+    def _collect(self) -> bool:
+        """Take the in-flight job's packets if they are back; True if they were."""
+        job = self._job
+        if job is None or not job.results:
+            return False
+        generation, packets, elapsed, error = job.results.popleft()
+        self._job = None
+        self._encode_ns += elapsed
+        self._encoded += len(packets)
+        if self._pool is not None:
+            self._pool.note_encoded(elapsed, trio.current_time())
+        if error is not None:
+            raise error
+        if generation == self._generation:
+            self._in_flight = 0
+            self._ready.extend(packets)
+        return True
 
     async def run(self) -> None:
         """The connection's send task: it prepares each run of audio, and the clock paces it.
@@ -484,6 +553,7 @@ class VoiceSender:
         :mod:`~discore_voice._shell.voice_sender_clock` for why).
         """
         clock = send_clock()
+        self._pool = encoder_pool()
         await _warm_up_opus()
         try:
             while not self._closed:
@@ -493,13 +563,19 @@ class VoiceSender:
                     await changed.wait()
                     continue
                 # Only the run's first frame here: the clock encodes the rest in its slack.
-                self._fill(1)
+                self._fill(1, inline=True)
+                if not self._ready and self._job is not None:
+                    # A worker still has this connection's next frames (from before a pause
+                    # or a move): wait for them here; workers cannot wake this task.
+                    await trio.sleep(_ENCODE_WAIT)
+                    continue
                 audio_ready = bool(self._ready) and not self._paused
                 if audio_ready and not self._speaking:
                     # Discord ignores audio from an SSRC that is not speaking.
                     await self.set_speaking(SpeakingFlags.MICROPHONE)
                     continue
                 if not audio_ready and not self._pacer.running:
+                    self._wake_waiting = True
                     await wake.wait()
                     continue
                 self._released = released = trio.Event()
@@ -543,6 +619,10 @@ class VoiceSender:
         ready = self._ready
         if not ready:
             self._fill()
+            if not ready and self._in_flight:
+                # Its audio is on a worker right now: late beats silence (and the pacer skips
+                # it if it becomes later than its tolerance).
+                return now + _ENCODE_WAIT
             if not ready and self._buffer.bytes_queued and pacer.running:
                 due = pacer.due_at
                 if due is not None and now >= due - DEFAULT_MAX_EARLY:

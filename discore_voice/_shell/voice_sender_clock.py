@@ -40,9 +40,11 @@ import trio
 
 __all__ = ["BATCH_SLACK", "SendClock", "send_clock"]
 
-#: Frames due within this much of now go out in the same batch. Well inside the pacer's 2 ms
-#: allowance for early sends, so batching never makes a gap shorter than the pacer allows.
-BATCH_SLACK: Final = 0.0005
+#: Frames due within this much of now go out in the same batch. Inside the pacer's 2 ms
+#: allowance for early sends, so batching never makes a gap shorter than the pacer allows; and
+#: wide enough that 1000 streams spread over the 20 ms period wake the clock every millisecond,
+#: not every few frames (each wake costs more CPU than a dozen sends).
+BATCH_SLACK: Final = 0.001
 #: Longest run of work (sends or encodes) between two trio checkpoints, in seconds: other tasks
 #: (websockets, producers filling buffers) must get the thread regularly.
 _WORK_SLICE: Final = 0.001

@@ -1,0 +1,144 @@
+"""Opus encoding off the trio thread, for when the PCM streams of one process outgrow it.
+
+libopus releases the GIL for the length of an encode (ctypes does), so encodes on worker threads
+run in parallel with each other and with the trio thread. That only pays when there is a lot of
+encoding: handing a frame to a thread costs a queue hop and a thread wake-up, and a single
+stream encoded on the trio thread, in the send clock's slack, costs less CPU in all. So the pool
+measures the encoding done in this trio run and is used only while it exceeds
+:data:`OFFLOAD_ABOVE` of a core (with in-band FEC on, about 20 streams on the project's machine;
+100 of them need 1.35 cores, which no single thread has).
+
+A job is one connection's next few frames. Each connection has at most one job in flight, so its
+encoder (which has state) is used by one thread at a time and its packets come back in order.
+Workers never touch a sender: they put the packets on the job's ``results`` deque (appending is
+atomic) and the trio thread collects them when it next looks at that connection. A job whose
+audio was cleared meanwhile comes back with a stale ``generation`` and is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from .._audio.opus import OpusEncoder
+
+__all__ = ["OFFLOAD_ABOVE", "EncodeJob", "EncoderPool", "encoder_pool"]
+
+#: Share of a core spent encoding (over the last second) above which encoding moves to workers.
+OFFLOAD_ABOVE: Final = 0.3
+#: And below which it comes back to the trio thread: a gap between the two avoids flapping.
+INLINE_BELOW: Final = 0.15
+_WINDOW: Final = 1.0
+_SHORT_WINDOW: Final = 0.02
+
+
+@dataclass(slots=True)
+class EncodeJob:
+    """Frames of one connection, to encode in order; the result lands on ``results``."""
+
+    encoder: OpusEncoder
+    lock: threading.Lock
+    frames: list[bytes]
+    generation: int
+    results: deque[tuple[int, list[bytes], int, BaseException | None]] = field(
+        default_factory=deque
+    )
+
+
+class EncoderPool:
+    """Worker threads plus the load measurement that decides whether to use them."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self._jobs: queue.SimpleQueue[EncodeJob | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._window_start = 0.0
+        self._encode_ns = 0
+        self.offloading = False
+        """Whether senders should hand their encodes to the workers now."""
+
+    def __repr__(self) -> str:
+        return f"<EncoderPool workers={len(self._threads)} offloading={self.offloading}>"
+
+    def note_encoded(self, nanoseconds: int, now: float) -> None:
+        """Count encoding done anywhere (trio thread or worker) towards the load estimate.
+
+        The load is judged over one frame period to start offloading (100 streams starting
+        together are over the limit within their first frame) and over a second to stop.
+        """
+        self._encode_ns += nanoseconds
+        elapsed = now - self._window_start
+        window = _WINDOW if self.offloading else _SHORT_WINDOW
+        if elapsed < window:
+            return
+        load = self._encode_ns / 1e9 / elapsed
+        if not self.offloading and load > OFFLOAD_ABOVE:
+            self.offloading = True
+        elif self.offloading and load < INLINE_BELOW:
+            self.offloading = False
+        self._window_start = now
+        self._encode_ns = 0
+
+    def submit(self, job: EncodeJob) -> None:
+        if not self._threads:
+            for index in range(self._workers):
+                thread = threading.Thread(
+                    target=self._work, name=f"discore_voice encoder {index}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        """Let the workers finish their jobs and end (the trio run is over)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        self._threads.clear()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            packets: list[bytes] = []
+            error: BaseException | None = None
+            started = time.perf_counter_ns()
+            with job.lock:  # the connection may close its encoder meanwhile
+                if job.encoder.closed:
+                    packets = []
+                else:
+                    try:
+                        for frame in job.frames:
+                            packets.append(job.encoder.encode(frame))
+                    except Exception as exc:  # handed to the connection, which fails with it
+                        error = exc
+            job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))
+
+
+_pool: trio.lowlevel.RunVar[EncoderPool] = trio.lowlevel.RunVar("discore_voice_encoder_pool")
+
+
+def encoder_pool() -> EncoderPool:
+    """This trio run's encoder pool; its threads start with the first job and end with the run."""
+    try:
+        return _pool.get()
+    except LookupError:
+        pool = EncoderPool()
+        _pool.set(pool)
+        trio.lowlevel.spawn_system_task(_close_at_exit, pool, name="discore_voice encoder pool")
+        return pool
+
+
+async def _close_at_exit(pool: EncoderPool) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        pool.close()
