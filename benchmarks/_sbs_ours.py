@@ -107,7 +107,9 @@ async def run(args: argparse.Namespace) -> dict:
     context = ssl.create_default_context(cafile=info["ca_pem_path"])
     pcm = Path(args.pcm).read_bytes() if args.pcm else None  # noqa: ASYNC240 (set-up, before timing)
     packets = read_packets(args.opus) if args.opus else None
-    encoder = EncoderSettings(bitrate=128_000, fec=True)
+    # discord.py's encoder: 128 kbps, FEC with 15 % expected loss, and libopus's default
+    # complexity (9), which it does not change.
+    encoder = EncoderSettings(bitrate=128_000, fec=True, packet_loss_percent=15, complexity=9)
     connected_at: list[float] = []
     all_connected = trio.Event()
     go = trio.Event()

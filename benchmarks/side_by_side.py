@@ -350,6 +350,9 @@ def main() -> int:
     parser.add_argument("--pcm-n", default="1,10", help="PCM stream counts, comma-separated")
     parser.add_argument("--opus-n", default="1,100", help="pre-encoded Opus stream counts")
     parser.add_argument(
+        "--dpy-pcm-n", default=None, help="discord.py's PCM counts (default: --pcm-n)"
+    )
+    parser.add_argument(
         "--dpy-opus-n", default=None, help="discord.py's pre-encoded counts (default: --opus-n)"
     )
     parser.add_argument("--sides", default="ours,discord.py")
@@ -402,7 +405,7 @@ def main() -> int:
 
     plan: list[tuple[str, str, int]] = []
     for kind, ours_n, theirs_n in (
-        ("pcm", counts(args.pcm_n), counts(args.pcm_n)),
+        ("pcm", counts(args.pcm_n), counts(args.dpy_pcm_n or args.pcm_n)),
         ("opus", counts(args.opus_n), counts(args.dpy_opus_n or args.opus_n)),
     ):
         for side in sides:

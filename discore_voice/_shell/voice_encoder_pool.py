@@ -57,7 +57,9 @@ class EncoderPool:
 
     def __init__(self, workers: int | None = None) -> None:
         self._workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-        self._jobs: queue.SimpleQueue[EncodeJob | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[EncodeJob] | None] = queue.SimpleQueue()
+        self._pending: list[EncodeJob] = []
+        self._token = trio.lowlevel.current_trio_token()
         self._threads: list[threading.Thread] = []
         self._window_start = 0.0
         self._encode_ns = 0
@@ -87,6 +89,19 @@ class EncoderPool:
         self._encode_ns = 0
 
     def submit(self, job: EncodeJob) -> None:
+        """Queue ``job``; the jobs submitted until the trio thread next yields go out together.
+
+        One hand-over per batch, split among the workers, rather than one thread wake-up per
+        connection and frame: 100 streams would otherwise wake a worker 5000 times a second.
+        """
+        self._pending.append(job)
+        if len(self._pending) == 1:
+            self._token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
         if not self._threads:
             for index in range(self._workers):
                 thread = threading.Thread(
@@ -94,7 +109,9 @@ class EncoderPool:
                 )
                 thread.start()
                 self._threads.append(thread)
-        self._jobs.put(job)
+        share = -(-len(jobs) // len(self._threads))
+        for start in range(0, len(jobs), share):
+            self._jobs.put(jobs[start : start + share])
 
     def close(self) -> None:
         """Let the workers finish their jobs and end (the trio run is over)."""
@@ -103,24 +120,26 @@ class EncoderPool:
         self._threads.clear()
 
     def _work(self) -> None:
-        jobs = self._jobs
         while True:
-            job = jobs.get()
-            if job is None:
+            batch = self._jobs.get()
+            if batch is None:
                 return
-            packets: list[bytes] = []
-            error: BaseException | None = None
-            started = time.perf_counter_ns()
-            with job.lock:  # the connection may close its encoder meanwhile
-                if job.encoder.closed:
-                    packets = []
-                else:
-                    try:
-                        for frame in job.frames:
-                            packets.append(job.encoder.encode(frame))
-                    except Exception as exc:  # handed to the connection, which fails with it
-                        error = exc
-            job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))
+            for job in batch:
+                _encode(job)
+
+
+def _encode(job: EncodeJob) -> None:
+    packets: list[bytes] = []
+    error: BaseException | None = None
+    started = time.perf_counter_ns()
+    with job.lock:  # the connection may close its encoder meanwhile
+        if not job.encoder.closed:
+            try:
+                for frame in job.frames:
+                    packets.append(job.encoder.encode(frame))
+            except Exception as exc:  # handed to the connection, which fails with it
+                error = exc
+    job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))
 
 
 _pool: trio.lowlevel.RunVar[EncoderPool] = trio.lowlevel.RunVar("discore_voice_encoder_pool")
