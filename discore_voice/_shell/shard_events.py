@@ -233,7 +233,7 @@ def _guild_of(data: Any) -> int | None:
     if not isinstance(data, dict):
         return None
     value = data.get("guild_id")
-    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -63,6 +63,7 @@ class EncoderPool:
         self._threads: list[threading.Thread] = []
         self._window_start = 0.0
         self._encode_ns = 0
+        self._closed = False
         self.offloading = False
         """Whether senders should hand their encodes to the workers now."""
 
@@ -100,7 +101,7 @@ class EncoderPool:
 
     def _flush(self) -> None:
         jobs, self._pending = self._pending, []
-        if not jobs:
+        if not jobs or self._closed:
             return
         if not self._threads:
             for index in range(self._workers):
@@ -115,6 +116,7 @@ class EncoderPool:
 
     def close(self) -> None:
         """Let the workers finish their jobs and end (the trio run is over)."""
+        self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
         self._threads.clear()
@@ -132,14 +134,16 @@ def _encode(job: EncodeJob) -> None:
     packets: list[bytes] = []
     error: BaseException | None = None
     started = time.perf_counter_ns()
-    with job.lock:  # the connection may close its encoder meanwhile
-        if not job.encoder.closed:
-            try:
+    try:
+        with job.lock:  # the connection may close its encoder meanwhile
+            if not job.encoder.closed:
                 for frame in job.frames:
                     packets.append(job.encoder.encode(frame))
-            except Exception as exc:  # handed to the connection, which fails with it
-                error = exc
-    job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))
+    except BaseException as exc:  # handed to the connection, which fails with it
+        error = exc
+    finally:
+        # Always answered: the connection waits for this job before encoding anything else.
+        job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))
 
 
 _pool: trio.lowlevel.RunVar[EncoderPool] = trio.lowlevel.RunVar("discore_voice_encoder_pool")

@@ -57,7 +57,7 @@ from .._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from .._errors import NativeLibraryMissing, UsageError
 from .._native import load_opus, opus_load_attempted
 from .voice_encoder_pool import EncodeJob, EncoderPool, encoder_pool
-from .voice_sender_clock import send_clock
+from .voice_sender_clock import BATCH_SLACK, send_clock
 
 if TYPE_CHECKING:
     from .voice_udp import VoiceUdp
@@ -175,7 +175,12 @@ class VoiceSender:
         if encoder is not None and not isinstance(encoder, EncoderSettings):
             raise UsageError(f"encoder must be an EncoderSettings, got {type(encoder).__name__}")
         self._buffer = PcmBuffer(buffer_size)
-        self._refill_at = self._buffer.capacity * (30 + secrets.randbelow(41)) // 100
+        capacity = self._buffer.capacity
+        # At least the part of a frame a full buffer can leave over, or a writer would wait for
+        # room that only the underrun padding could make.
+        self._refill_at = max(
+            capacity * (30 + secrets.randbelow(41)) // 100, capacity % PCM_BLOCK_SIZE
+        )
         self._opus_capacity = max(1, buffer_size // PCM_BLOCK_SIZE)
         self._opus: deque[bytes] = deque()
         self._ready: deque[bytes] = deque()
@@ -538,10 +543,10 @@ class VoiceSender:
         self._encoded += len(packets)
         if self._pool is not None:
             self._pool.note_encoded(elapsed, trio.current_time())
-        if error is not None:
-            raise error
         if generation == self._generation:
             self._in_flight = 0
+            if error is not None:
+                raise error
             self._ready.extend(packets)
         return True
 
@@ -619,9 +624,9 @@ class VoiceSender:
         ready = self._ready
         if not ready:
             self._fill()
-            if not ready and self._in_flight:
-                # Its audio is on a worker right now: late beats silence (and the pacer skips
-                # it if it becomes later than its tolerance).
+            if not ready and self._job is not None:
+                # Its audio is on a worker right now (or, after a clear, the worker still has
+                # the encoder): late beats silence, and the pacer skips it if it gets too late.
                 return now + _ENCODE_WAIT
             if not ready and self._buffer.bytes_queued and pacer.running:
                 due = pacer.due_at
@@ -640,7 +645,10 @@ class VoiceSender:
                 # A stall: the slots that passed are gone, but audio is kept (a track loses
                 # nothing, it only starts late) and the timestamp has moved on with real time.
                 continue
-            return action.until  # type: ignore[union-attr]
+            until = action.until  # type: ignore[union-attr]
+            # The clock calls up to BATCH_SLACK before the time it is given; a Wait means not
+            # before ``until``, and an earlier call would only get the same Wait (a spin).
+            return None if until is None else until + BATCH_SLACK
         payload = OPUS_SILENCE_FRAME if action.is_silence else media_encrypt(ready.popleft())
         datagram = cipher.encrypt_opus(action.sequence, action.timestamp, udp.ssrc, payload)
         if not udp.send_nowait(datagram):

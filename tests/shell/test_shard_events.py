@@ -45,6 +45,7 @@ def test_guild_subscriptions_get_their_guild_only_and_in_order() -> None:
         (VOICE_STATE_UPDATE, {"guild_id": str(GUILD_A), "n": 4}),
         ("MESSAGE_CREATE", {"n": 5}),  # no guild: a DM
         (VOICE_STATE_UPDATE, {"guild_id": "not a number", "n": 6}),
+        (VOICE_STATE_UPDATE, {"guild_id": "\u00b2", "n": 8}),  # a digit to isdigit, not to int
         (VOICE_STATE_UPDATE, ["not", "a", "dict"]),
     ]
     for name, data in published:

@@ -14,6 +14,7 @@ import trio
 
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME
+from discore_voice._core.voice_session import InvalidationReason
 from discore_voice._shell import voice_encoder_pool
 from discore_voice._shell.voice_connection import voice_connection
 from discore_voice._shell.voice_encoder_pool import EncoderPool
@@ -108,3 +109,24 @@ async def test_leaving_while_a_worker_encodes_closes_cleanly(always_offload: lis
                     vc.send_voice_data_nowait(sine_pcm(0.5))
                     await env.wait_packets(before + 2)
                 assert not vc.is_valid and vc.bytes_to_send == 0
+
+
+async def test_a_failing_worker_encode_invalidates_instead_of_hanging(
+    always_offload: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_encode = voice_encoder_pool._encode
+
+    def corrupting_encode(job: voice_encoder_pool.EncodeJob) -> None:
+        job.frames = [b"not a frame"]  # the encoder raises on it, in the worker
+        real_encode(job)
+
+    monkeypatch.setattr(voice_encoder_pool, "_encode", corrupting_encode)
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            vc.send_voice_data_nowait(sine_pcm(0.5))
+            invalidation = await vc.wait_invalidated()
+    assert invalidation.reason is InvalidationReason.ERROR
+    assert "UsageError" in invalidation.detail
