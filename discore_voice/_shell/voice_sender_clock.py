@@ -38,6 +38,8 @@ from typing import Final, Protocol
 
 import trio
 
+from .voice_timer import PreciseTimer, open_timer
+
 __all__ = ["BATCH_SLACK", "SendClock", "send_clock"]
 
 #: Frames due within this much of now go out in the same batch. Inside the pacer's 2 ms
@@ -80,6 +82,11 @@ class SendClock:
         self._live: dict[Steppable, int] = {}
         self._fills: deque[Steppable] = deque()
         self._kick = trio.Event()
+        # Where the platform allows, the clock sleeps on a timerfd (see ``voice_timer``), and an
+        # attach wakes it by firing the timer instead of setting ``_kick``.
+        self._timer: PreciseTimer | None = None
+        self._timer_unavailable = False
+        self._sleeping = False
 
     def __repr__(self) -> str:
         return f"<SendClock attached={len(self._live)}>"
@@ -93,13 +100,29 @@ class SendClock:
         token = next(self._counter)
         self._live[sender] = token
         heapq.heappush(self._heap, (due, token, sender))
-        self._kick.set()
+        if self._timer is None:
+            self._kick.set()
+        elif self._sleeping:
+            self._timer.fire()
 
     def detach(self, sender: Steppable) -> None:
         """Stop calling ``sender`` (its task ends); a no-op if it is not attached."""
         self._live.pop(sender, None)
+        if not self._live and self._sleeping and self._timer is not None:
+            self._timer.fire()  # so the idle clock lets go of its timer
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._close_timer()
+
+    def _close_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    async def _run(self) -> None:
         heap = self._heap
         live = self._live
         fills = self._fills
@@ -150,6 +173,23 @@ class SendClock:
                 await trio.lowlevel.checkpoint()
                 continue
             # 3. Nothing to do before the next frame (or an attach) is due.
+            if not live:
+                # Idle: no file descriptor is held while no connection sends.
+                heap.clear()
+                self._close_timer()
+                self._timer_unavailable = False
+            elif self._timer is None and not self._timer_unavailable:
+                self._timer = open_timer()
+                self._timer_unavailable = self._timer is None
+            timer = self._timer
+            if timer is not None and heap:
+                timer.arm(heap[0][0])
+                self._sleeping = True
+                try:
+                    await timer.wait()
+                finally:
+                    self._sleeping = False
+                continue
             kick = self._kick = trio.Event()
             if heap:
                 with trio.move_on_at(heap[0][0]):

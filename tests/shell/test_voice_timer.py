@@ -1,0 +1,58 @@
+"""The send clock's timerfd: never early, woken on demand, and absent where it cannot work."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from discore_voice._shell.voice_timer import open_timer
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+
+
+async def test_fires_at_its_deadline_and_never_before() -> None:
+    timer = open_timer()
+    assert timer is not None
+    try:
+        for delay in (0.0, 0.01, 0.03):
+            deadline = trio.current_time() + delay
+            timer.arm(deadline)
+            with trio.fail_after(5):
+                await timer.wait()
+            assert trio.current_time() >= deadline
+    finally:
+        timer.close()
+
+
+async def test_fire_wakes_a_waiter_armed_far_ahead_or_disarmed() -> None:
+    timer = open_timer()
+    assert timer is not None
+    try:
+        for arm in (lambda: timer.arm(trio.current_time() + 3600), timer.disarm):
+            arm()
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(timer.wait)
+                    await trio.testing.wait_all_tasks_blocked()
+                    timer.fire()
+    finally:
+        timer.close()
+
+
+async def test_close_releases_its_descriptor() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    timer = open_timer()
+    assert timer is not None
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    timer.close()
+    timer.close()  # idempotent
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert "closed" in repr(timer)
+
+
+async def test_no_timer_under_a_mock_clock(jump_clock: MockClock) -> None:
+    assert open_timer() is None
