@@ -20,7 +20,7 @@ from discore_voice._shell.voice_connection import voice_connection
 from discore_voice._shell.voice_encoder_pool import EncoderPool
 
 from .conftest import WAIT
-from .test_voice_sending import assert_continuous, environment
+from .test_voice_sending import assert_continuous, environment, invalidation_after_sending
 
 
 @pytest.fixture
@@ -121,12 +121,6 @@ async def test_a_failing_worker_encode_invalidates_instead_of_hanging(
         real_encode(job)
 
     monkeypatch.setattr(voice_encoder_pool, "_encode", corrupting_encode)
-    with trio.fail_after(WAIT):
-        async with (
-            environment() as env,
-            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
-        ):
-            vc.send_voice_data_nowait(sine_pcm(0.5))
-            invalidation = await vc.wait_invalidated()
+    invalidation = await invalidation_after_sending(sine_pcm(0.5))
     assert invalidation.reason is InvalidationReason.ERROR
     assert "UsageError" in invalidation.detail

@@ -23,7 +23,7 @@ from discore_voice._core.pacing import FRAME_INTERVAL
 from discore_voice._core.pcm_buffer import VoiceBufferFull
 from discore_voice._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timestamp_distance
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from discore_voice._core.voice_session import InvalidationReason
+from discore_voice._core.voice_session import Invalidated, InvalidationReason
 from discore_voice._errors import NativeLibraryMissing, UsageError
 from discore_voice._shell.shard import Shard, open_shard
 from discore_voice._shell.voice_connection import VoiceConnection, voice_connection
@@ -79,6 +79,17 @@ class Env:
 
     async def wait_silence(self, count: int) -> None:
         await self.voice.wait_for(lambda: silence_count(self.sent()) >= count)
+
+
+async def invalidation_after_sending(pcm: bytes) -> Invalidated:
+    """Connect, queue ``pcm`` and return how the connection ended (for failures while sending)."""
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            vc.send_voice_data_nowait(pcm)
+            return await vc.wait_invalidated()
 
 
 def silence_count(packets: list[ReceivedPacket]) -> int:
@@ -475,12 +486,6 @@ async def test_missing_libopus_invalidates_with_native_library_missing(
         raise NativeLibraryMissing("libopus", "sudo apt-get install -y libopus0")
 
     monkeypatch.setattr(opus_module, "load_opus", missing)
-    with trio.fail_after(WAIT):
-        async with (
-            environment() as env,
-            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
-        ):
-            vc.send_voice_data_nowait(sine_pcm(0.1))
-            invalidation = await vc.wait_invalidated()
+    invalidation = await invalidation_after_sending(sine_pcm(0.1))
     assert invalidation.reason is InvalidationReason.NATIVE_LIBRARY_MISSING
     assert "libopus" in invalidation.detail and "apt-get install" in invalidation.detail
