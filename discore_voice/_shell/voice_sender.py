@@ -11,17 +11,17 @@ Each connection keeps a task in its own nursery (:meth:`VoiceSender.run`) that h
 events: waiting for the connection, announcing speaking, waiting for audio. The frames
 themselves are paced by one shared clock per trio run, which calls :meth:`VoiceSender.step`
 without a task switch per frame; :mod:`~discore_voice._shell.voice_sender_clock` has the
-measurements behind that choice. Encoding happens on the trio thread, ahead of the clock:
+measurements behind that choice. Encoding happens ahead of the clock:
 
-* A libopus encode costs ~130 µs on the trio thread. Handing each frame to ``trio.to_thread``
-  cost ~240 µs of CPU per frame for the same work, and batching all connections into one worker
-  hop (~139 µs a frame) suffered from the GIL: when the trio thread is busy, the worker waits
-  for the 5 ms switch interval after every encode, and 100 PCM streams fell seconds behind on
-  a loaded machine. So the clock encodes on its own thread, but only in the slack: every due
-  frame goes out first, and each sender keeps :data:`ENCODE_AHEAD` frames ready.
-* The frame goes out with a plain non-blocking ``sendto``; if the kernel's buffer is full the
-  frame is dropped and counted (a late voice frame is worse than a lost one; the pacer never
-  bursts to catch up).
+* A libopus encode costs ~130 µs (FEC off) to ~300 µs (FEC on). Handing each frame to
+  ``trio.to_thread`` cost ~240 µs of CPU per frame for the same work, so while a process
+  encodes little, the clock encodes on its own thread, only in the slack: every due frame goes
+  out first, and each sender keeps :data:`ENCODE_AHEAD` frames ready. Once encoding costs more
+  than a third of a core (100 PCM streams with FEC need 1.5 cores), it moves to the worker
+  threads of :mod:`~discore_voice._shell.voice_encoder_pool`, one job per connection in flight.
+* The frame goes out with a plain non-blocking ``send`` on the connected socket; if the kernel's
+  buffer is full the frame is dropped and counted (a late voice frame is worse than a lost one;
+  the pacer never bursts to catch up).
 
 Every operation on an invalid connection is a no-op, as in Discore: the sender is closed when
 the connection is invalidated, which also releases anyone waiting for room.
