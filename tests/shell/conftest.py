@@ -7,10 +7,13 @@ With plain ``autojump_clock`` a heartbeat ACK in flight would look late and the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
-from discore_voice.testing import LocalDiscord, open_local_discord
+from discore_voice._shell.shard import Shard
+from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
+from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
 
 WAIT = 30.0
 """Seconds any single test step may take (mock seconds under ``jump_clock``)."""
@@ -20,3 +23,30 @@ WAIT = 30.0
 async def discord() -> AsyncIterator[LocalDiscord]:
     async with open_local_discord() as sim:
         yield sim
+
+
+@dataclass
+class BotInGuild:
+    """What most voice tests stand on: a running simulator, the bot's shard, and a guild with a
+    voice channel. Test modules extend it with what they look at (listeners, DAVE members)."""
+
+    discord: LocalDiscord
+    shard: Shard
+    guild: SimGuild
+    channel: SimChannel
+
+    @property
+    def voice(self) -> VoiceServer:
+        return self.discord.voice
+
+    @property
+    def bot_id(self) -> int:
+        return self.discord.bot.user_id
+
+    def session(self) -> VoiceGatewaySession:
+        session = self.voice.session_for(self.bot_id, self.guild.id)
+        assert session is not None, "the bot has no live voice session"
+        return session
+
+    def sessions(self) -> list[VoiceGatewaySession]:
+        return [s for s in self.voice.sessions if s.user_id == self.bot_id]

@@ -7,7 +7,6 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -40,37 +39,16 @@ from discore_voice._shell.voice_connection import (
     voice_connection,
 )
 from discore_voice._shell.voice_events import VoiceEvents
-from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
+from discore_voice.testing import open_local_discord
 from discore_voice.testing._faults import ABRUPT
 from discore_voice.testing._voice_gateway import (
-    VoiceGatewaySession,
-    VoiceServer,
     WorldVoiceAuthority,
     open_voice_server,
 )
 
-from .conftest import WAIT
+from .conftest import WAIT, BotInGuild
 
-
-@dataclass
-class Env:
-    discord: LocalDiscord
-    voice: VoiceServer
-    shard: Shard
-    guild: SimGuild
-    channel: SimChannel
-
-    @property
-    def bot_id(self) -> int:
-        return self.discord.bot.user_id
-
-    def session(self) -> VoiceGatewaySession:
-        session = self.voice.session_for(self.bot_id, self.guild.id)
-        assert session is not None, "the bot has no live voice session"
-        return session
-
-    def sessions(self) -> list[VoiceGatewaySession]:
-        return [s for s in self.voice.sessions if s.user_id == self.bot_id]
+Env = BotInGuild
 
 
 @asynccontextmanager
@@ -89,7 +67,7 @@ async def environment(
         async with open_shard(
             discord.bot.token, intents=intents, gateway_url=discord.gateway_url
         ) as shard:
-            yield Env(discord, discord.voice, shard, guild, channel)
+            yield Env(discord, shard, guild, channel)
 
 
 def collect(events: VoiceEvents) -> list[Any]:

@@ -30,18 +30,17 @@ from discore_voice._core.speaking import OPUS_SILENCE_FRAME
 from discore_voice._core.transport import DecryptedPacket
 from discore_voice._core.voice_session import Connected, InvalidationReason
 from discore_voice._errors import DaveError
-from discore_voice._shell.shard import Shard, open_shard
+from discore_voice._shell.shard import open_shard
 from discore_voice._shell.voice_connection import (
     VoiceConnection,
     VoiceConnectionFailed,
     voice_connection,
 )
 from discore_voice._shell.voice_events import VoiceEvents
-from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, SimMember, open_local_discord
+from discore_voice.testing import SimMember, open_local_discord
 from discore_voice.testing._faults import ABRUPT
-from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
 
-from .conftest import WAIT
+from .conftest import WAIT, BotInGuild
 
 PCM_FRAME = 3840  # 20 ms of 48 kHz stereo s16le
 FRAME_SECONDS = 0.02
@@ -63,25 +62,7 @@ def matches(reference: bytes, heard: bytes) -> float:
 
 
 @dataclass
-class Env:
-    discord: LocalDiscord
-    shard: Shard
-    guild: SimGuild
-    channel: SimChannel
-
-    @property
-    def voice(self) -> VoiceServer:
-        return self.discord.voice
-
-    @property
-    def bot_id(self) -> int:
-        return self.discord.bot.user_id
-
-    def session(self) -> VoiceGatewaySession:
-        session = self.voice.session_for(self.bot_id, self.guild.id)
-        assert session is not None, "the bot has no live voice session"
-        return session
-
+class Env(BotInGuild):
     def member(self, channel_id: int | None = None) -> SimMember:
         return self.discord.add_voice_member(self.guild.id, channel_id or self.channel.id)
 

@@ -25,42 +25,26 @@ from discore_voice._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timest
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from discore_voice._core.voice_session import Invalidated, InvalidationReason
 from discore_voice._errors import NativeLibraryMissing, UsageError
-from discore_voice._shell.shard import Shard, open_shard
+from discore_voice._shell.shard import open_shard
 from discore_voice._shell.voice_connection import VoiceConnection, voice_connection
 from discore_voice._shell.voice_sender import EncoderSettings
-from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
+from discore_voice.testing import open_local_discord
 from discore_voice.testing._dave_gateway import DaveMode
 from discore_voice.testing._members import SimMember
 from discore_voice.testing._recording import ReceivedPacket, Recording, ogg_opus_bytes
 from discore_voice.testing._voice_gateway import (
-    VoiceGatewaySession,
-    VoiceServer,
     WorldVoiceAuthority,
     open_voice_server,
 )
 
-from .conftest import WAIT
+from .conftest import WAIT, BotInGuild
 
 BLOCK = VoiceConnection.PCM_BLOCK_SIZE
 
 
 @dataclass
-class Env:
-    discord: LocalDiscord
-    voice: VoiceServer
-    shard: Shard
-    guild: SimGuild
-    channel: SimChannel
+class Env(BotInGuild):
     listener: SimMember
-
-    @property
-    def bot_id(self) -> int:
-        return self.discord.bot.user_id
-
-    def session(self) -> VoiceGatewaySession:
-        session = self.voice.session_for(self.bot_id, self.guild.id)
-        assert session is not None, "the bot has no live voice session"
-        return session
 
     def recording(self) -> Recording:
         """What the voice server received from the bot: RTP as sent, before any DAVE layer."""
@@ -107,7 +91,7 @@ async def environment(dave: DaveMode = "off") -> AsyncIterator[Env]:
         async with open_shard(
             discord.bot.token, intents=Intents.VOICE_DEFAULT, gateway_url=discord.gateway_url
         ) as shard:
-            yield Env(discord, discord.voice, shard, guild, voice_channel, listener)
+            yield Env(discord, shard, guild, voice_channel, listener)
 
 
 def assert_continuous(packets: list[ReceivedPacket]) -> None:
