@@ -27,7 +27,7 @@ import discord
 import discord.gateway
 import discord.http
 import yarl
-from _sbs_process import cpu_seconds, read_packets, rss_bytes
+from _sbs_process import cpu_seconds, read_packets, rss_bytes, sender_arguments
 
 
 class OpusPackets(discord.AudioSource):
@@ -127,12 +127,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--info", required=True)
-    parser.add_argument("--n", type=int, default=1)
-    parser.add_argument("--pcm")
-    parser.add_argument("--opus")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser = sender_arguments()
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--connect-timeout", type=float, default=8.0)
     parser.add_argument("--connect-attempts", type=int, default=3)

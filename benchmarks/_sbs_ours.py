@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import trio
-from _sbs_process import cpu_seconds, read_packets, rss_bytes
+from _sbs_process import cpu_seconds, read_packets, rss_bytes, sender_arguments
 
 from discore_voice import (
     AudioSource,
@@ -205,12 +205,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--info", required=True)
-    parser.add_argument("--n", type=int, default=1)
-    parser.add_argument("--pcm")
-    parser.add_argument("--opus")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser = sender_arguments()
     parser.add_argument("--shards", type=int, default=0, help="default: one per 100 guilds")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once connected")
     result = trio.run(run, parser.parse_args())

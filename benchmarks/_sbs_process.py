@@ -7,11 +7,23 @@ nothing but the standard library; both are started as scripts, which puts this f
 
 from __future__ import annotations
 
+import argparse
 import resource
 import struct
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "read_packets", "rss_bytes"]
+__all__ = ["cpu_seconds", "read_packets", "rss_bytes", "sender_arguments"]
+
+
+def sender_arguments() -> argparse.ArgumentParser:
+    """The options side_by_side.py passes to either sender; each adds its own."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--info", required=True)
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--pcm")
+    parser.add_argument("--opus")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    return parser
 
 
 def cpu_seconds() -> float:
