@@ -183,7 +183,14 @@ class SendClock:
                 self._timer_unavailable = self._timer is None
             timer = self._timer
             if timer is not None and heap:
-                timer.arm(heap[0][0])
+                try:
+                    timer.arm(heap[0][0])
+                except OSError:
+                    # Never seen, but the clock must not die of it (a system task's error
+                    # ends the whole trio run): trio's own timeouts will do instead.
+                    self._close_timer()
+                    self._timer_unavailable = True
+                    continue
                 self._sleeping = True
                 try:
                     await timer.wait()

@@ -56,3 +56,34 @@ async def test_close_releases_its_descriptor() -> None:
 
 async def test_no_timer_under_a_mock_clock(jump_clock: MockClock) -> None:
     assert open_timer() is None
+
+
+async def test_the_send_clock_falls_back_if_the_timer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from discore_voice._shell import voice_sender_clock
+    from discore_voice._shell.voice_timer import PreciseTimer
+
+    def failing_arm(self: PreciseTimer, deadline: float) -> None:
+        raise OSError(22, "timerfd_settime: Invalid argument")
+
+    monkeypatch.setattr(PreciseTimer, "arm", failing_arm)
+    clock = voice_sender_clock.send_clock()
+    calls: list[float] = []
+
+    class Sender:
+        def step(self, now: float) -> float | None:
+            calls.append(now)
+            return now + 0.02 if len(calls) < 3 else None
+
+        def fill(self) -> None:
+            pass
+
+        def detached(self, error: BaseException | None) -> None:
+            done.set()
+
+    done = trio.Event()
+    clock.attach(Sender(), trio.current_time())
+    with trio.fail_after(5):
+        await done.wait()
+    assert len(calls) == 3 and clock._timer is None
