@@ -9,19 +9,25 @@ The same classes serve the client (encrypt what it sends, decrypt what members s
 Discord simulator (decrypt what bots send, encrypt what simulated members send), so the two cannot
 disagree about the wire format without a test noticing.
 
-Nonce reuse under one key breaks both AES-GCM and XChaCha20-Poly1305, so one cipher object is one
-key plus one counter, the counter only moves forward, and it refuses to wrap: the connection needs
-a new key (a new voice session) instead. Cipher objects cannot be copied or pickled, because a copy
-would share the counter's future values.
+Nonce reuse under one key breaks both AES-GCM and XChaCha20-Poly1305, so the counter only moves
+forward and refuses to wrap: the connection needs a new key (a new voice session) instead. The
+counter belongs to the *key*, not to a cipher object: a voice server may send the same key again
+(a Session Description re-sent after a resume), and a fresh counter starting at 0 would reuse the
+nonces already spent. A :class:`NonceLedger` hands every cipher built for a key that key's one
+counter; the voice connections of a process share :data:`PROCESS_NONCE_LEDGER`. Cipher objects
+cannot be copied or pickled, because a copy would share the counter's future values.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NoReturn
+from typing import ClassVar, Final, NoReturn
 
 import nacl.bindings
 import nacl.exceptions
@@ -35,6 +41,7 @@ from .._errors import (
     NonceExhausted,
     ProtocolError,
     UsageError,
+    shorten,
 )
 from .rtp import RtpHeader, pack_opus_header
 
@@ -43,11 +50,13 @@ __all__ = [
     "KEY_SIZE",
     "MAX_NONCE",
     "NONCE_SIZE",
+    "PROCESS_NONCE_LEDGER",
     "SUPPORTED_MODES",
     "TAG_SIZE",
     "XCHACHA20_POLY1305_RTPSIZE",
     "AesGcmCipher",
     "DecryptedPacket",
+    "NonceLedger",
     "TransportCipher",
     "XChaCha20Poly1305Cipher",
     "choose_mode",
@@ -89,19 +98,74 @@ class DecryptedPacket:
     extension_body: bytes = b""
 
 
+class NonceCounter:
+    """The next nonce of one key; shared by every cipher built for that key through a ledger."""
+
+    __slots__ = ("next",)
+
+    def __init__(self, first: int = 0) -> None:
+        if isinstance(first, bool) or not isinstance(first, int):
+            raise UsageError(f"first_nonce must be an int, got {type(first).__name__}")
+        if not 0 <= first <= MAX_NONCE:
+            raise UsageError(f"first_nonce must be in 0..{MAX_NONCE}, got {first}")
+        self.next = first
+
+    def __repr__(self) -> str:
+        return f"<NonceCounter next={self.next}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise UsageError("a NonceCounter cannot be copied or pickled: a copy would reuse nonces")
+
+
+class NonceLedger:
+    """Each transport key's one nonce counter, so that no (key, nonce) pair is ever used twice.
+
+    Keys are remembered by a salted BLAKE2b digest, never as themselves, and only the
+    ``capacity`` most recently used are kept: a key forgotten is one that ``capacity`` newer keys
+    have replaced, which Discord (a random key per voice session) never sends again.
+    """
+
+    __slots__ = ("_capacity", "_counters", "_salt")
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise UsageError("capacity must be a positive integer")
+        self._capacity = capacity
+        self._counters: OrderedDict[bytes, NonceCounter] = OrderedDict()
+        self._salt = secrets.token_bytes(16)
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def __repr__(self) -> str:
+        return f"<NonceLedger keys={len(self._counters)} capacity={self._capacity}>"
+
+    def counter(self, key: bytes) -> NonceCounter:
+        """The counter of ``key``: a new one starting at 0 the first time, the same one after."""
+        digest = hashlib.blake2b(key, digest_size=32, key=self._salt).digest()
+        counter = self._counters.get(digest)
+        if counter is None:
+            counter = self._counters[digest] = NonceCounter()
+            if len(self._counters) > self._capacity:
+                self._counters.popitem(last=False)
+        else:
+            self._counters.move_to_end(digest)
+        return counter
+
+
+#: The ledger every voice connection of this process draws its nonces from.
+PROCESS_NONCE_LEDGER: Final = NonceLedger()
+
+
 class TransportCipher(abc.ABC):
     """One transport key and its nonce counter; build one with :func:`create_cipher`."""
 
-    __slots__ = ("_next_nonce",)
+    __slots__ = ("_counter",)
 
     mode: ClassVar[str]
 
-    def __init__(self, *, first_nonce: int = 0) -> None:
-        if isinstance(first_nonce, bool) or not isinstance(first_nonce, int):
-            raise UsageError(f"first_nonce must be an int, got {type(first_nonce).__name__}")
-        if not 0 <= first_nonce <= MAX_NONCE:
-            raise UsageError(f"first_nonce must be in 0..{MAX_NONCE}, got {first_nonce}")
-        self._next_nonce = first_nonce
+    def __init__(self, *, first_nonce: int = 0, counter: NonceCounter | None = None) -> None:
+        self._counter = counter if counter is not None else NonceCounter(first_nonce)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} mode={self.mode!r}>"
@@ -115,12 +179,12 @@ class TransportCipher(abc.ABC):
     @property
     def next_nonce(self) -> int:
         """The counter value the next encrypted packet will carry."""
-        return self._next_nonce
+        return self._counter.next
 
     @property
     def nonces_remaining(self) -> int:
         """How many more packets this key can encrypt; lets a caller rekey before running out."""
-        return MAX_NONCE + 1 - self._next_nonce
+        return MAX_NONCE + 1 - self._counter.next
 
     def encrypt_opus(self, sequence: int, timestamp: int, ssrc: int, payload: bytes) -> bytes:
         """Encrypt one frame behind the common header (no CSRCs, no extension): the hot path."""
@@ -143,15 +207,16 @@ class TransportCipher(abc.ABC):
         return self._encrypt(aad, extension_body + payload if extension_body else payload)
 
     def _encrypt(self, aad: bytes, plaintext: bytes) -> bytes:
-        counter = self._next_nonce
-        if counter > MAX_NONCE:
+        counter = self._counter
+        value = counter.next
+        if value > MAX_NONCE:
             raise NonceExhausted(
                 f"the {self.mode} nonce counter is exhausted after 2**32 packets; "
                 "the voice connection needs a new key"
             )
         # Spend the nonce before sealing, so not even a failed seal can lead to its reuse.
-        self._next_nonce = counter + 1
-        nonce = _U32.pack(counter)
+        counter.next = value + 1
+        nonce = _U32.pack(value)
         return aad + self._seal(nonce, aad, plaintext) + nonce
 
     def decrypt(self, packet: bytes) -> DecryptedPacket:
@@ -209,8 +274,10 @@ class AesGcmCipher(TransportCipher):
 
     mode: ClassVar[str] = AES256_GCM_RTPSIZE
 
-    def __init__(self, key: bytes, *, first_nonce: int = 0) -> None:
-        super().__init__(first_nonce=first_nonce)
+    def __init__(
+        self, key: bytes, *, first_nonce: int = 0, counter: NonceCounter | None = None
+    ) -> None:
+        super().__init__(first_nonce=first_nonce, counter=counter)
         # Created once per key: the key schedule is the expensive part.
         self._aead = AESGCM(key)
 
@@ -231,8 +298,10 @@ class XChaCha20Poly1305Cipher(TransportCipher):
 
     mode: ClassVar[str] = XCHACHA20_POLY1305_RTPSIZE
 
-    def __init__(self, key: bytes, *, first_nonce: int = 0) -> None:
-        super().__init__(first_nonce=first_nonce)
+    def __init__(
+        self, key: bytes, *, first_nonce: int = 0, counter: NonceCounter | None = None
+    ) -> None:
+        super().__init__(first_nonce=first_nonce, counter=counter)
         self._key = key
 
     def _seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
@@ -256,21 +325,31 @@ _CIPHERS: dict[str, type[AesGcmCipher] | type[XChaCha20Poly1305Cipher]] = {
 
 
 def create_cipher(
-    mode: str, key: bytes | Sequence[int], *, first_nonce: int = 0
+    mode: str,
+    key: bytes | Sequence[int],
+    *,
+    first_nonce: int = 0,
+    ledger: NonceLedger | None = None,
 ) -> TransportCipher:
     """Make the cipher for a negotiated mode.
 
     ``key`` is 32 bytes, or the Session Description's list of 32 ints. A bad mode or key here is
     the caller's :class:`UsageError`: a key received from the server should go through
-    :func:`parse_secret_key` first, which blames the server instead. ``first_nonce`` exists so
-    tests can start near the end of the counter.
+    :func:`parse_secret_key` first, which blames the server instead. With a ``ledger`` the cipher
+    draws its nonces from the key's counter there, so a key seen before carries on where it
+    stopped; without one it counts from ``first_nonce``, which exists so tests can start near the
+    end of the counter.
     """
     cipher_class = _CIPHERS.get(mode) if isinstance(mode, str) else None
     if cipher_class is None:
         raise UsageError(
-            f"unknown transport encryption mode {mode!r}; supported: {', '.join(SUPPORTED_MODES)}"
+            f"unknown transport encryption mode {shorten(repr(mode))}; "
+            f"supported: {', '.join(SUPPORTED_MODES)}"
         )
-    return cipher_class(_coerce_key(key, UsageError, "key"), first_nonce=first_nonce)
+    raw = _coerce_key(key, UsageError, "key")
+    if ledger is None:
+        return cipher_class(raw, first_nonce=first_nonce)
+    return cipher_class(raw, counter=ledger.counter(raw))
 
 
 def parse_secret_key(value: object) -> bytes:
@@ -312,8 +391,9 @@ def choose_mode(offered: Iterable[str], *, supported: Sequence[str] = SUPPORTED_
     for mode in supported:
         if mode in offered_modes:
             return mode
-    shown = ", ".join(repr(mode) for mode in offered_modes[:20])
-    if len(offered_modes) > 20:
+    # Mode names come from the server: each is capped, and so is the list.
+    shown = ", ".join(shorten(repr(mode), 60) for mode in offered_modes[:10])
+    if len(offered_modes) > 10:
         shown += f", ... ({len(offered_modes)} in all)"
     raise NoCompatibleEncryptionMode(
         f"the voice server offered [{shown}]; discore_voice supports {', '.join(supported)}"

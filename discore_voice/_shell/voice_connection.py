@@ -29,7 +29,7 @@ from .._core.gateway_intents import Intents
 from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.ip_discovery import DiscoveredAddress
 from .._core.snowflake import Snowflake, validate_snowflake
-from .._core.transport import SUPPORTED_MODES, create_cipher
+from .._core.transport import PROCESS_NONCE_LEDGER, SUPPORTED_MODES, create_cipher
 from .._core.voice_frames import encode_client_text
 from .._core.voice_session import (
     Action,
@@ -634,7 +634,11 @@ class VoiceConnection(VoiceSendingMixin):
                 self._spawn(self._move_grace, action)
             elif isinstance(action, InstallCipher):
                 if self._udp is not None:
-                    self._udp.install(create_cipher(action.mode, action.secret_key))
+                    # The process's ledger: a key the server sends again keeps its counter.
+                    cipher = create_cipher(
+                        action.mode, action.secret_key, ledger=PROCESS_NONCE_LEDGER
+                    )
+                    self._udp.install(cipher)
                     self._sender.relink()
             elif isinstance(action, Connected):
                 self._log.info(

@@ -17,6 +17,7 @@ from discore_voice._core.transport import (
     SUPPORTED_MODES,
     XCHACHA20_POLY1305_RTPSIZE,
     DecryptedPacket,
+    NonceLedger,
     TransportCipher,
     choose_mode,
     create_cipher,
@@ -474,3 +475,89 @@ def test_choose_mode_refuses_xsalsa_and_unknown_modes(offered: list[str]) -> Non
         assert repr(mode) in message
     for mode in SUPPORTED_MODES:
         assert mode in message
+
+
+# --- the nonce ledger: a key's counter outlives the cipher objects built for it ------------------
+
+
+def sent_nonce(packet: bytes) -> int:
+    return int.from_bytes(packet[-4:], "big")
+
+
+@pytest.mark.parametrize("mode", SUPPORTED_MODES)
+def test_a_key_sent_again_continues_its_counter(mode: str) -> None:
+    """The defect: a Session Description re-sent after a resume installed a fresh cipher at 0."""
+    ledger = NonceLedger()
+    first = create_cipher(mode, KEY, ledger=ledger)
+    used = {sent_nonce(first.encrypt_opus(i, i * 960, 7, OPUS)) for i in range(30)}
+    again = create_cipher(mode, list(KEY), ledger=ledger)  # the same key, as the server sends it
+    assert again.next_nonce == 30
+    assert sent_nonce(again.encrypt_opus(30, 0, 7, OPUS)) not in used
+    # Without a ledger the counter belongs to the object: the old, unsafe behaviour.
+    assert create_cipher(mode, KEY).next_nonce == 0
+
+
+def test_the_ledger_keeps_keys_apart_and_never_holds_them() -> None:
+    ledger = NonceLedger()
+    create_cipher(AES256_GCM_RTPSIZE, KEY, ledger=ledger).encrypt_opus(1, 1, 1, OPUS)
+    assert create_cipher(AES256_GCM_RTPSIZE, OTHER_KEY, ledger=ledger).next_nonce == 0
+    assert len(ledger) == 2
+    assert KEY.hex() not in repr(ledger)
+    with pytest.raises(UsageError):
+        copy.copy(ledger.counter(KEY))
+    with pytest.raises(UsageError):
+        NonceLedger(capacity=0)
+
+
+def test_the_ledger_forgets_only_the_least_recently_used_key() -> None:
+    ledger = NonceLedger(capacity=2)
+    keys = [bytes([n]) * 32 for n in range(3)]
+    for key in keys[:2]:
+        ledger.counter(key).next = 5
+    ledger.counter(keys[0])  # used again: keys[1] is now the oldest
+    ledger.counter(keys[2])
+    assert len(ledger) == 2
+    assert ledger.counter(keys[0]).next == 5
+    assert ledger.counter(keys[1]).next == 0  # forgotten, as the capacity allows
+
+
+# What a voice connection lives through, as the transport keys it is handed: a new voice session
+# brings a fresh key; a resume may re-send the current key; a misbehaving server may re-send an
+# older one. Between events the connection sends some packets.
+_key_events = st.lists(
+    st.tuples(
+        st.sampled_from(["new_key", "resend_current", "resend_older", "move"]),
+        st.integers(0, 40),
+        st.integers(0, 10_000),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mode=modes, events=_key_events)
+def test_no_key_nonce_pair_ever_repeats(mode: str, events: list[tuple[str, int, int]]) -> None:
+    ledger = NonceLedger()
+    keys: list[bytes] = [KEY]
+    cipher = create_cipher(mode, KEY, ledger=ledger)
+    seen: set[tuple[bytes, int]] = set()
+    for event, packets, pick in events:
+        if event in ("new_key", "move"):
+            keys.append(pick.to_bytes(2, "big") * 16)
+            key = keys[-1]
+        elif event == "resend_current":
+            key = keys[-1]
+        else:
+            key = keys[pick % len(keys)]
+        cipher = create_cipher(mode, key, ledger=ledger)
+        for index in range(packets):
+            pair = (key, sent_nonce(cipher.encrypt_opus(index, index, 9, OPUS)))
+            assert pair not in seen
+            seen.add(pair)
+
+
+def test_huge_mode_names_are_capped_in_the_error() -> None:
+    with pytest.raises(NoCompatibleEncryptionMode) as excinfo:
+        choose_mode(["m" * 500_000, *("n" * 1000 for _ in range(50))])
+    assert len(str(excinfo.value)) < 1100
