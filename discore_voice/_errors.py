@@ -11,6 +11,7 @@ Messages never contain tokens, session ids or keys: callers pass descriptions, n
 from __future__ import annotations
 
 __all__ = [
+    "MAX_PEER_TEXT",
     "DaveError",
     "DecryptionFailed",
     "DiscoreVoiceError",
@@ -22,7 +23,27 @@ __all__ = [
     "ProtocolError",
     "UnknownOpcode",
     "UsageError",
+    "shorten",
 ]
+
+#: Characters of a peer-supplied value (a mode name, a close reason, a davey message) that may
+#: appear in an exception, a log line or an invalidation detail. A hostile server could otherwise
+#: put half a megabyte into every log line it provokes.
+MAX_PEER_TEXT = 200
+#: A whole message about peer input may be longer (our own words around the values), not unbounded.
+_MAX_PROTOCOL_MESSAGE = 1000
+
+
+def shorten(value: object, limit: int = MAX_PEER_TEXT) -> str:
+    """``repr`` of a peer-supplied value (a str's ``str``), cut to ``limit`` characters.
+
+    The cut says how long the original was, so a log reader can tell a truncated value from a
+    short one.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(0, limit - 30)]}... ({len(text)} characters)"
 
 
 class DiscoreVoiceError(Exception):
@@ -33,8 +54,14 @@ class ProtocolError(DiscoreVoiceError):
     """A peer (Discord, the simulator, a client) sent something that breaks the protocol.
 
     Raised by every parser in the sans-IO core for malformed input; the trio shell turns it into a
-    logged and counted drop or a connection invalidation, never a crash.
+    logged and counted drop or a connection invalidation, never a crash. Its message is capped:
+    it describes what a peer sent, and a peer chooses how long that is.
     """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (shorten(args[0], _MAX_PROTOCOL_MESSAGE), *args[1:])
+        super().__init__(*args)
 
 
 class UnknownOpcode(ProtocolError):

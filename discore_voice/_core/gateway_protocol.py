@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 GATEWAY_VERSION = 10
+#: The largest dispatch sequence number accepted (a signed 64-bit integer); beyond it a payload
+#: is malformed, because the number would be echoed back to Discord.
+MAX_SEQUENCE = (1 << 63) - 1
 
 
 class GatewayOpcode(enum.IntEnum):
@@ -352,6 +355,9 @@ class GatewayProtocol:
     def _on_dispatch(self, fields: Fields, data: Any) -> list[GatewayEvent]:
         name = fields.string("t")
         sequence = fields.optional_int("s")
+        if sequence is not None and not 0 <= sequence <= MAX_SEQUENCE:
+            # It would go back to Discord in every heartbeat and in the resume.
+            raise ProtocolError(f"dispatch sequence number out of range [0, {MAX_SEQUENCE}]")
         events: list[GatewayEvent] = []
         if name == "READY":
             ready = fields.mapping("d")

@@ -37,6 +37,7 @@ from .voice_payloads import (
 
 __all__ = [
     "MAX_BINARY_FRAME",
+    "MAX_JSON_SEQ",
     "MAX_TEXT_FRAME",
     "SEQ_MODULUS",
     "ClientBinaryMessage",
@@ -62,6 +63,8 @@ MAX_TEXT_FRAME: Final = 1 << 20
 MAX_BINARY_FRAME: Final = 1 << 20
 #: Binary frames carry seq as a u16 and share one counter with JSON frames, so the counter wraps.
 SEQ_MODULUS: Final = 1 << 16
+#: The largest seq a JSON frame may carry (a signed 64-bit integer, what any server counts in).
+MAX_JSON_SEQ: Final = (1 << 63) - 1
 
 _HALF_SEQ: Final = SEQ_MODULUS // 2
 _SERVER_BINARY_HEADER: Final = struct.Struct(">HB")
@@ -205,7 +208,12 @@ def decode_server_text(
     what = "voice server JSON frame"
     raw = decode_json_object(_check_text(data, what), what=what)
     envelope = Fields(raw, what)
-    seq = None if envelope.optional_int("seq") is None else envelope.integer("seq", minimum=0)
+    # A seq out of range is malformed, and never recorded: it would go back in every seq_ack.
+    seq = (
+        None
+        if envelope.optional_int("seq") is None
+        else envelope.integer("seq", minimum=0, maximum=MAX_JSON_SEQ)
+    )
     if seq is not None and tracker is not None:
         tracker.observe(seq)
     op = envelope.integer("op")

@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from .._errors import NoCompatibleEncryptionMode, UsageError
+from .._errors import NoCompatibleEncryptionMode, UsageError, shorten
 from .gateway_voice import parse_voice_server_update, parse_voice_state_update
 from .ip_discovery import DiscoveredAddress
 from .snowflake import Snowflake
@@ -99,6 +99,8 @@ FINAL_CLOSE_CODE: Final = 1000
 #: close can overtake the main-gateway dispatches announcing the new place; only when no new
 #: server follows was it really a kick or the end of the call.
 MOVE_GRACE_SECONDS: Final = 5.0
+#: Characters of an invalidation's detail: it ends up in logs and in VoiceConnectionFailed.
+_MAX_DETAIL: Final = 1000
 
 
 class InvalidationReason(enum.Enum):
@@ -741,7 +743,7 @@ class VoiceSession:
             if description.mode != self.encryption_mode:
                 return self._invalidate(
                     InvalidationReason.ERROR,
-                    f"the voice server chose transport mode {description.mode!r}, but "
+                    f"the voice server chose transport mode {shorten(repr(description.mode))}, but "
                     f"{self.encryption_mode!r} was selected",
                 )
             self.phase = Phase.CONNECTED
@@ -774,7 +776,8 @@ class VoiceSession:
         self._pending = None
         self._socket_open = False
         self._stop_heartbeat()
-        invalidated = Invalidated(reason, detail)
+        # Details quote what peers sent (close descriptions, davey's words): bounded all the same.
+        invalidated = Invalidated(reason, shorten(detail, _MAX_DETAIL))
         self.invalidation = invalidated
         actions.append(invalidated)
         if reason not in (InvalidationReason.NORMAL, InvalidationReason.GATEWAY_CLOSED):

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from .._errors import shorten
+
 __all__ = [
     "WebSocketConnectFailed",
     "WebSocketTarget",
@@ -169,5 +171,4 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"the server answered HTTP {exc.status_code}"
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return shorten(str(exc) or type(exc).__name__)

@@ -519,3 +519,20 @@ def test_protocol_survives_any_sequence(steps: list[tuple[str, Any]]) -> None:
         wake = proto.next_wakeup()
         assert wake is None or wake >= 0
         assert TOKEN not in repr(proto)
+
+
+@pytest.mark.parametrize("sequence", [-1, 2**63, 2**64 + 1])
+def test_a_dispatch_sequence_out_of_range_is_malformed(sequence: int) -> None:
+    """Echoed back in heartbeats and in the resume, an absurd number must never be kept."""
+    proto = make_protocol()
+    connect_ready(proto)
+    dispatch = {"op": 0, "t": "GUILD_CREATE", "s": sequence, "d": {}}
+    with pytest.raises(ProtocolError, match="sequence"):
+        proto.receive_payload(dispatch, 1.0)
+    assert proto.sequence == 1
+
+
+def test_protocol_errors_cap_what_a_peer_sent() -> None:
+    error = ProtocolError("the server sent " + "x" * 500_000)
+    assert len(str(error)) < 1100
+    assert str(error).endswith("characters)")

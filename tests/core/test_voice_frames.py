@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from discore_voice import ProtocolError, UnknownOpcode, UsageError
 from discore_voice._core.voice_frames import (
     MAX_BINARY_FRAME,
+    MAX_JSON_SEQ,
     MAX_TEXT_FRAME,
     SEQ_MODULUS,
     ClientBinaryMessage,
@@ -295,6 +296,17 @@ def test_malformed_d_is_still_acknowledged() -> None:
     with pytest.raises(ProtocolError, match="transition id"):
         decode_server_binary(b"\x00\x0a\x1d\x01", tracker)
     assert tracker.seq_ack == 10
+
+
+@pytest.mark.parametrize("seq", [MAX_JSON_SEQ + 1, 2**64 + 1, 10**30])
+def test_an_absurd_seq_is_malformed_and_never_acknowledged(seq: int) -> None:
+    """It would otherwise go back to the server as seq_ack in every heartbeat."""
+    tracker = SeqTracker()
+    decode_server_text('{"op": 6, "d": {"t": 1}, "seq": 5}', tracker)
+    with pytest.raises(ProtocolError, match="seq"):
+        decode_server_text(f'{{"op": 6, "d": {{"t": 1}}, "seq": {seq}}}', tracker)
+    assert tracker.seq_ack == 5
+    decode_server_text(f'{{"op": 6, "d": {{"t": 1}}, "seq": {MAX_JSON_SEQ}}}', tracker)
 
 
 # --- malformed frames ---------------------------------------------------------------------------
