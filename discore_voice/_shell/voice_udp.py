@@ -146,12 +146,8 @@ class VoiceUdp:
                 return
             self._sock = sock
             result = await self._discover(sock)
-            if result is None:
-                await failed(
-                    self.connection_id,
-                    f"UDP IP discovery got no answer from the voice server after "
-                    f"{DISCOVERY_ATTEMPTS} attempts",
-                )
+            if isinstance(result, str):
+                await failed(self.connection_id, result)
                 return
             self._log.debug("IP discovery: %s:%d", result.address, result.port)
             await discovered(self.connection_id, result)
@@ -176,26 +172,40 @@ class VoiceUdp:
         sockaddr = infos[0][4]
         return str(sockaddr[0]), int(sockaddr[1])
 
-    async def _discover(self, sock: socket.socket) -> DiscoveredAddress | None:
+    async def _discover(self, sock: socket.socket) -> DiscoveredAddress | str:
+        """Our address as the voice server sees it, or why discovery failed, in words.
+
+        Until it answers, everything the voice server sends should be the answer: anything else
+        is counted as malformed, and the last such reason is what the failure reports, since
+        "no answer" would send a user looking for a firewall when the server is at fault.
+        """
         request = build_request(self.ssrc)
+        malformed: str | None = None
         for _ in range(DISCOVERY_ATTEMPTS):
             await self.send(request)
             with trio.move_on_after(DISCOVERY_TIMEOUT):
                 while True:
                     await trio.lowlevel.wait_readable(sock)
                     for data in self._drain(sock):
-                        if len(data) != IP_DISCOVERY_SIZE:
-                            self.dropped["no_key"] += 1
-                            continue
                         try:
                             result = parse_response(data)
-                        except ProtocolError:
+                        except ProtocolError as exc:
                             self.dropped["malformed"] += 1
+                            malformed = str(exc)
                             continue
                         if result.ssrc == self.ssrc:
                             return result
                         self.dropped["malformed"] += 1
-        return None
+                        malformed = f"the reply was for SSRC {result.ssrc}, not ours ({self.ssrc})"
+        if malformed is not None:
+            return (
+                f"UDP IP discovery failed: the voice server's replies were malformed "
+                f"({self.dropped['malformed']} of them; the last: {malformed})"
+            )
+        return (
+            f"UDP IP discovery got no answer from the voice server after "
+            f"{DISCOVERY_ATTEMPTS} attempts"
+        )
 
     def _drain(self, sock: socket.socket) -> list[bytes]:
         """Every datagram waiting (the connected socket gets the voice server's only)."""
