@@ -28,8 +28,9 @@ from typing import Final
 import trio
 
 from .._audio.opus import OpusEncoder
+from .._errors import DiscoreVoiceError
 
-__all__ = ["OFFLOAD_ABOVE", "EncodeJob", "EncoderPool", "encoder_pool"]
+__all__ = ["OFFLOAD_ABOVE", "EncodeJob", "EncoderPool", "EncoderWorkerError", "encoder_pool"]
 
 #: Share of a core spent encoding (over the last second) above which encoding moves to workers.
 OFFLOAD_ABOVE: Final = 0.3
@@ -37,6 +38,10 @@ OFFLOAD_ABOVE: Final = 0.3
 INLINE_BELOW: Final = 0.15
 _WINDOW: Final = 1.0
 _SHORT_WINDOW: Final = 0.02
+
+
+class EncoderWorkerError(DiscoreVoiceError):
+    """A worker's encode ended in a BaseException that is not an Exception; it is the cause."""
 
 
 @dataclass(slots=True)
@@ -139,8 +144,14 @@ def _encode(job: EncodeJob) -> None:
             if not job.encoder.closed:
                 for frame in job.frames:
                     packets.append(job.encoder.encode(frame))
-    except BaseException as exc:  # handed to the connection, which fails with it
+    except Exception as exc:  # handed to the connection, which fails with it
         error = exc
+    except BaseException as exc:
+        # Not an Exception (a SystemExit from a misbehaving library, say): raised as it is on
+        # the trio thread it would end the whole run, every other connection with it. Only this
+        # connection fails, and the original stays attached as the cause.
+        error = EncoderWorkerError(f"an encoder worker thread raised {type(exc).__name__}")
+        error.__cause__ = exc
     finally:
         # Always answered: the connection waits for this job before encoding anything else.
         job.results.append((job.generation, packets, time.perf_counter_ns() - started, error))

@@ -38,9 +38,10 @@ from typing import Final, Protocol
 
 import trio
 
+from .._errors import DiscoreVoiceError
 from .voice_timer import PreciseTimer, open_timer
 
-__all__ = ["BATCH_SLACK", "SendClock", "send_clock"]
+__all__ = ["BATCH_SLACK", "SendClock", "SenderCrashed", "send_clock"]
 
 #: Frames due within this much of now go out in the same batch. Inside the pacer's 2 ms
 #: allowance for early sends, so batching never makes a gap shorter than the pacer allows; and
@@ -54,6 +55,29 @@ _WORK_SLICE: Final = 0.001
 #: step rarely encodes (that happens ahead, in the slack), so a step's ``now`` is rarely more
 #: than ~0.1 ms old.
 _TIME_CHECK_MASK: Final = 3
+
+
+class SenderCrashed(DiscoreVoiceError):
+    """A sender's step raised a BaseException that is not an Exception; it is the cause."""
+
+
+#: Ours to propagate: trio's cancellation and Ctrl-C. Every other error of a sender is its own.
+_NEVER_CONTAINED: Final = (trio.Cancelled, KeyboardInterrupt)
+
+
+def _contained(exc: BaseException) -> Exception:
+    """What a failing sender's task gets: an Exception, whatever the step raised.
+
+    The clock is a system task, and an error escaping it is a ``TrioInternalError`` that ends
+    the whole run; a sender's own task that re-raised a bare ``BaseException`` would take down
+    its connection's nursery and the user's with it. Either way, one connection's failure would
+    end every connection, so it is wrapped into an error that invalidates that one alone.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    error = SenderCrashed(f"a voice sender raised {type(exc).__name__}")
+    error.__cause__ = exc
+    return error
 
 
 class Steppable(Protocol):
@@ -138,9 +162,11 @@ class SendClock:
                     continue
                 try:
                     due = sender.step(now)
-                except Exception as exc:  # handed to the sender's own task, which fails
+                except _NEVER_CONTAINED:
+                    raise
+                except BaseException as exc:  # handed to the sender's own task, which fails
                     del live[sender]
-                    sender.detached(exc)
+                    sender.detached(_contained(exc))
                     continue
                 if due is None:
                     del live[sender]
@@ -165,9 +191,11 @@ class SendClock:
                 if sender in live:
                     try:
                         sender.fill()
-                    except Exception as exc:
+                    except _NEVER_CONTAINED:
+                        raise
+                    except BaseException as exc:
                         del live[sender]
-                        sender.detached(exc)
+                        sender.detached(_contained(exc))
             if fills or (heap and heap[0][0] <= trio.current_time() + BATCH_SLACK):
                 # More work, but other tasks (websockets, producers) get the thread first.
                 await trio.lowlevel.checkpoint()

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import trio
 
+from discore_voice._audio.opus import OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME
 from discore_voice._core.voice_session import InvalidationReason
 from discore_voice._shell import voice_encoder_pool
 from discore_voice._shell.voice_connection import voice_connection
 from discore_voice._shell.voice_encoder_pool import EncoderPool
+from discore_voice._shell.voice_sender import EncoderSettings
 
 from .conftest import WAIT
 from .test_voice_sending import assert_continuous, environment, invalidation_after_sending
@@ -124,3 +127,49 @@ async def test_a_failing_worker_encode_invalidates_instead_of_hanging(
     invalidation = await invalidation_after_sending(sine_pcm(0.5))
     assert invalidation.reason is InvalidationReason.ERROR
     assert "UsageError" in invalidation.detail
+
+
+class _NotAnException(BaseException):
+    """What a misbehaving native callback might raise: not an ``Exception`` at all."""
+
+
+class _FailsOnWorkers(OpusEncoder):
+    def encode(self, pcm: bytes | bytearray | memoryview) -> bytes:
+        if threading.current_thread() is not threading.main_thread():
+            raise _NotAnException("from a worker")
+        return super().encode(pcm)
+
+
+@dataclass(frozen=True, slots=True)
+class _FailingSettings(EncoderSettings):
+    def create(self) -> OpusEncoder:
+        return _FailsOnWorkers(bitrate=self.bitrate)
+
+
+async def test_a_worker_raising_a_base_exception_fails_one_connection_only(
+    always_offload: list[str],
+) -> None:
+    """The defect: the error reached the send clock's system task, a TrioInternalError that
+    ended every connection of the run. Now the failing one is invalidated and the other plays."""
+    with trio.fail_after(WAIT):
+        async with environment() as env:
+            other_guild = env.discord.add_guild(name="other guild")
+            other_channel = other_guild.add_voice_channel()
+            other_listener = env.discord.add_voice_member(
+                other_guild.id, other_channel.id, name="other listener"
+            )
+            async with (
+                voice_connection(
+                    env.shard, env.guild.id, env.channel.id, encoder=_FailingSettings()
+                ) as failing,
+                voice_connection(env.shard, other_guild.id, other_channel.id) as healthy,
+            ):
+                healthy.send_voice_data_nowait(sine_pcm(1.0))
+                await env.voice.wait_for(lambda: other_listener.frames_heard >= 5)
+                failing.send_voice_data_nowait(sine_pcm(1.0))
+                invalidation = await failing.wait_invalidated()
+                heard_then = other_listener.frames_heard
+                await env.voice.wait_for(lambda: other_listener.frames_heard >= heard_then + 10)
+                assert healthy.is_connected
+    assert invalidation.reason is InvalidationReason.ERROR
+    assert "EncoderWorkerError" in invalidation.detail
