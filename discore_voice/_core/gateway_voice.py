@@ -14,6 +14,7 @@ from .fields import Fields
 from .snowflake import Snowflake, snowflake_to_wire
 
 __all__ = [
+    "GATEWAY_SESSION_LOST",
     "VOICE_SERVER_UPDATE",
     "VOICE_STATE_UPDATE",
     "VOICE_STATE_UPDATE_OPCODE",
@@ -27,6 +28,11 @@ __all__ = [
 VOICE_STATE_UPDATE_OPCODE = 4
 VOICE_STATE_UPDATE = "VOICE_STATE_UPDATE"
 VOICE_SERVER_UPDATE = "VOICE_SERVER_UPDATE"
+#: Not a Discord dispatch: what a shard publishes to its voice subscribers when its gateway session
+#: ended without a resume (op 9 ``d=false``, or a close such as 4009). Discord drops the session's
+#: voice states with it, so its voice connections are over. ``d`` is ``{"reason": str}``. A bridge
+#: forwarding dispatches from a shard elsewhere forwards this one as well.
+GATEWAY_SESSION_LOST = "GATEWAY_SESSION_LOST"
 
 
 def build_voice_state_update(

@@ -441,6 +441,14 @@ class VoiceSession:
         """Invalidate for a reason only the shell can see (a timeout, a missing library)."""
         return self._invalidate(reason, detail)
 
+    def gateway_session_lost(self, detail: str) -> list[Action]:
+        """The main gateway session ended without a resume: Discord dropped our voice state
+        with it, and the voice server is closing (4014). Over now, not after a move grace."""
+        return self._invalidate(
+            InvalidationReason.GATEWAY_CLOSED,
+            f"{detail}; Discord ends a session's voice connections with it",
+        )
+
     def gateway_closed(self) -> list[Action]:
         """The shard or bridge went away: no op 4 can be sent and no dispatch will come."""
         return self._invalidate(

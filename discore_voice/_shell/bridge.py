@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._closing import ClosesOnExit
 from .._core.gateway_errors import BridgeClosed
-from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._errors import UsageError
 from .shard_events import EventHub, Subscription
@@ -29,7 +29,7 @@ __all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceSt
 
 _logger = logging.getLogger("discore_voice.gateway.bridge")
 
-VOICE_EVENTS = frozenset({VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE})
+VOICE_EVENTS = frozenset({VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE, GATEWAY_SESSION_LOST})
 
 SendVoiceState = Callable[[Snowflake, Snowflake | None, bool, bool], Awaitable[None]]
 """``async (guild_id, channel_id | None, self_mute, self_deaf) -> None``: send op 4."""
@@ -101,17 +101,21 @@ class ForwardedBridge(ClosesOnExit):
         buffer_size: int | None = None,
         guild_id: int | str | None = None,
     ) -> Subscription:
-        """Receive the forwarded voice events (both if none are named), of one guild if given."""
+        """Receive the forwarded voice events (all if none are named), of one guild if given."""
         unknown = set(event_names) - VOICE_EVENTS
         if unknown:
             raise UsageError(
-                "a forwarded bridge carries only VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE"
+                "a forwarded bridge carries only VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE and "
+                "GATEWAY_SESSION_LOST"
             )
         return self._hub.subscribe(event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id)
 
     def dispatch(self, event_name: str, data: Any) -> None:
         """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""
         if event_name not in VOICE_EVENTS or self._hub.closed:
+            return
+        if event_name == GATEWAY_SESSION_LOST:
+            self._hub.broadcast(event_name, data)  # every guild's, it routes by none
             return
         self._hub.publish(event_name, data)
 

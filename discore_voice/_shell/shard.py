@@ -56,10 +56,11 @@ from .._core.gateway_protocol import (
     ZombieConnection,
     build_gateway_url,
 )
-from .._core.gateway_voice import build_voice_state_update
+from .._core.gateway_voice import GATEWAY_SESSION_LOST, build_voice_state_update
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._errors import ProtocolError, UnknownOpcode, UsageError
 from .shard_events import DEFAULT_BUFFER_SIZE, EventHub, Subscription
+from .shard_voice_states import VoiceStateQueue
 from .websocket import (
     WebSocketConnectFailed,
     close_websocket,
@@ -78,6 +79,12 @@ MAX_RECEIVE_SIZE = 16 * 1024 * 1024
 RESUMABLE_CLOSE = 4000
 # How long leaving ``open_shard`` waits for the websocket close handshake.
 CLOSE_GRACE = 5.0
+# Bounds of how long a connection must stay up after READY/RESUMED to reset the backoff.
+STABLE_MIN = 5.0
+STABLE_MAX = 60.0
+# How long leaving ``open_shard`` may wait to send the voice leaves still queued: one rate-limit
+# window frees every slot, and a leave that never goes out leaves the bot shown in the channel.
+LEAVE_FLUSH_TIMEOUT = 65.0
 
 _logger = logging.getLogger("discore_voice.gateway")
 
@@ -99,13 +106,26 @@ def shard_for_guild(guild_id: int | str, shard_count: int) -> int:
 class _Outcome:
     """How one connection ended, and what the next one should do.
 
-    ``healthy``: it reached READY or RESUMED, so reconnecting at once is reasonable; a
-    connection that ends before that backs off, so a failing handshake never spins.
+    ``progressed``: it reached READY or RESUMED *and then stayed up* (see :func:`_stable_after`).
+    Only that resets the reconnect backoff: a gateway that fails right after every resume would
+    otherwise be hammered with thousands of reconnects a minute.
     """
 
     verdict: CloseVerdict
-    healthy: bool
+    progressed: bool
     wait: float | None = None
+
+
+def _stable_after(interval: float | None) -> float:
+    """How long a READY or RESUMED connection must last to count as progress.
+
+    Two heartbeat intervals (one acknowledged heartbeat at least), within 5 s to a minute: a
+    server that drops each connection soon after READY makes no progress, however fast it
+    answers the handshake.
+    """
+    if interval is None:
+        return STABLE_MAX
+    return min(STABLE_MAX, max(STABLE_MIN, 2 * interval))
 
 
 class Shard:
@@ -145,7 +165,6 @@ class Shard:
         self._log = _ShardLog(_logger, {"shard_id": shard_id, "shard_count": shard_count})
         self._hub = EventHub(self._log, buffer_size)
         self._limiter = SendRateLimiter()
-        self._send_lock = trio.Lock()
         self._user_id: Snowflake = 0
         self._live: trio_websocket.WebSocketConnection | None = None
         self._state_changed = trio.Event()
@@ -156,6 +175,8 @@ class Shard:
         self._closing = False
         self._failure: GatewayError | None = None
         self._nursery: trio.Nursery | None = None
+        self._session_live = False
+        self._voice_states = VoiceStateQueue(self._log)
 
     def __repr__(self) -> str:
         state = "closed" if self._stopped else "ready" if self.is_ready else "reconnecting"
@@ -252,39 +273,85 @@ class Shard:
         if not self.serves_guild(guild):
             self._log.warning("guild %d is not served by this shard; Discord ignores op 4", guild)
         self._log.debug("voice state update: guild %d, channel %s", guild, channel)
-        await self._send_ordinary(
-            build_voice_state_update(guild, channel, self_mute=self_mute, self_deaf=self_deaf)
-        )
+        payload = build_voice_state_update(guild, channel, self_mute=self_mute, self_deaf=self_deaf)
+        _check_size(payload)
+        if self._stopped:
+            raise ShardClosed(self._closed_message())
+        if channel is None:
+            # Queued, never dropped, and sent ahead of joins (see ``shard_voice_states``).
+            self._voice_states.leave(guild, payload)
+            return
+        await self._voice_states.update(guild, payload)
+
+    @property
+    def voice_leaves_queued(self) -> int:
+        """Leaves (op 4 with no channel) waiting for the shard's send budget or connection."""
+        return self._voice_states.leaves_queued
 
     # --- sending --------------------------------------------------------------------------
 
-    async def _send_ordinary(self, payload: dict[str, Any]) -> None:
-        text = json.dumps(payload, separators=(",", ":"))
-        if len(text.encode()) > MAX_SEND_SIZE:
-            raise UsageError(f"a gateway payload must not exceed {MAX_SEND_SIZE} bytes")
-        async with self._send_lock:
-            while True:
-                if self._stopped:
-                    raise ShardClosed(self._closed_message())
-                connection = self._live
-                if connection is None:
+    async def _send_voice_states(self) -> None:
+        """The shard's op 4 sender: drains the voice state queue as the send budget allows.
+
+        It waits for a live connection and a free slot *before* it chooses what to send, so a
+        leave queued while a join waited for the budget still goes first.
+        """
+        queue = self._voice_states
+        while not self._stopped:
+            if not len(queue):
+                await queue.wait_changed()
+                continue
+            connection = await self._wait_for_send_slot()
+            if connection is None:
+                return  # the shard stopped: _stop() released every caller still queued
+            request = queue.next_request()
+            if request is None:
+                continue  # every request was withdrawn meanwhile
+            self._limiter.record(trio.current_time())
+            try:
+                await connection.send_message(json.dumps(request.payload, separators=(",", ":")))
+            except trio_websocket.ConnectionClosed:
+                # The shard task notices too and reconnects; the request stays queued for the
+                # next connection. (Like any send, one written as the connection drops may be
+                # lost on the way: the voice connection's own timeout covers a join.)
+                if self._live is connection:
                     await self._state_changed.wait()
-                    continue
-                delay = self._limiter.delay(trio.current_time())
-                if delay > 0:
-                    self._log.debug("send rate limit reached; waiting %.2f s", delay)
-                    await trio.sleep(delay)
-                    continue
-                self._limiter.record(trio.current_time())
-                try:
-                    await connection.send_message(text)
-                except trio_websocket.ConnectionClosed:
-                    # The shard task notices too and reconnects; send again on the next
-                    # connection.
-                    if self._live is connection:
-                        await self._state_changed.wait()
-                    continue
-                return
+                continue
+            queue.done(request)
+
+    async def _wait_for_send_slot(self) -> trio_websocket.WebSocketConnection | None:
+        """A live connection with an ordinary send slot free now; None once the shard stopped."""
+        logged = False
+        while not self._stopped:
+            connection = self._live
+            if connection is None:
+                await self._state_changed.wait()
+                continue
+            delay = self._limiter.delay(trio.current_time())
+            if delay <= 0:
+                return connection
+            leaves = self._voice_states.leaves_queued
+            if not logged:
+                # A leave that waits keeps the bot shown in a channel it left: say so.
+                self._log.log(
+                    logging.INFO if leaves else logging.DEBUG,
+                    "send rate limit reached; the next op 4 waits %.2f s (%d voice leave(s) "
+                    "queued)",
+                    delay,
+                    leaves,
+                )
+                logged = True
+            await trio.sleep(delay)
+        return None
+
+    async def _flush_leaves(self) -> None:
+        """On the way out: send the leaves still queued, as the budget allows (runs bounded)."""
+        queue = self._voice_states
+        if not queue.leaves_queued or self._stopped:
+            return
+        self._log.info("sending %d queued voice leave(s) before closing", queue.leaves_queued)
+        while queue.leaves_queued and not self._stopped:
+            await queue.wait_changed()
 
     async def _send_priority(
         self, connection: trio_websocket.WebSocketConnection, payload: dict[str, Any]
@@ -296,6 +363,20 @@ class Shard:
             await trio.sleep(delay)
         self._limiter.record(trio.current_time())
         await connection.send_message(text)
+
+    def _announce_if_session_lost(self) -> None:
+        """Tell voice subscribers, at once, that the gateway session ended without a resume.
+
+        Discord drops a session's voice states with it (its voice servers close with 4014), so
+        every voice connection of this shard is over; without this they would learn it only from
+        that close and a move grace, seconds later, and report it as a kick.
+        """
+        if not self._session_live or self._protocol.has_session:
+            return
+        self._session_live = False
+        reason = "the gateway session ended and could not be resumed"
+        self._log.warning("%s; its voice connections end with it", reason)
+        self._hub.broadcast(GATEWAY_SESSION_LOST, {"reason": reason})
 
     def _closed_message(self) -> str:
         if self._failure is not None:
@@ -324,6 +405,9 @@ class Shard:
     def _stop(self) -> None:
         self._stopped = True
         self._live = None
+        lost = self._voice_states.close(self._closed_message())
+        if lost:
+            self._log.warning("%d queued voice leave(s) were never sent: the shard stopped", lost)
         self._hub.close()
         self._notify()
         self._settled.set()
@@ -366,19 +450,21 @@ class Shard:
             if verdict.action is CloseAction.FATAL:
                 assert verdict.error is not None
                 raise verdict.error
-            if outcome.healthy:
+            if outcome.progressed:
                 backoff.reset()
+            # Every reconnect waits, with jitter; the backoff grows until a connection stays up.
+            delay = backoff.next_delay(random.random())
             if outcome.wait is not None:
-                delay = outcome.wait
-            elif outcome.healthy:
-                delay = 0.0
-            else:
-                delay = backoff.next_delay(random.random())
-            self._log.info(
-                "disconnected: %s; %s in %.1f s",
+                delay = max(delay, outcome.wait)
+            # A reconnect after a connection that stayed up is routine (Discord asks for them);
+            # one after a connection that did not is a failing gateway, worth a warning.
+            self._log.log(
+                logging.INFO if outcome.progressed else logging.WARNING,
+                "disconnected: %s; %s in %.1f s (attempt %d since the last stable connection)",
                 verdict.description,
                 "resuming" if verdict.action is CloseAction.RESUME else "identifying",
                 delay,
+                backoff.attempts,
             )
             await self._pause(delay)
 
@@ -423,6 +509,7 @@ class Shard:
                         finally:
                             self._live = None
                             self._notify()
+                            self._announce_if_session_lost()
                             code = 1000 if self._closing else RESUMABLE_CLOSE
                             await close_websocket(connection, stream, code=code)
                 finally:
@@ -443,11 +530,17 @@ class Shard:
         await self._finished.wait()
 
     async def _drive(self, connection: trio_websocket.WebSocketConnection) -> _Outcome:
-        """Run one connection until it must be replaced; never returns for a healthy one."""
+        """Run one connection until it must be replaced."""
         protocol = self._protocol
         protocol.begin_connection(jitter=random.random())
         self._limiter.reset()
-        healthy = False
+        ready_at: float | None = None
+
+        def progressed() -> bool:
+            if ready_at is None:
+                return False
+            return trio.current_time() - ready_at >= _stable_after(protocol.heartbeat_interval)
+
         identify: tuple[float, dict[str, Any]] | None = None
         try:
             while True:
@@ -472,7 +565,7 @@ class Shard:
                             self._log.debug("ignored: %s", exc)
                         except ProtocolError as exc:
                             self._log.warning("reconnecting after a malformed payload: %s", exc)
-                            return _Outcome(protocol.connection_lost(None), healthy)
+                            return _Outcome(protocol.connection_lost(None), progressed())
                 for event in events:
                     if isinstance(event, SendPayload):
                         if event.kind is SendKind.IDENTIFY:
@@ -485,7 +578,8 @@ class Shard:
                     elif isinstance(event, Dispatched):
                         self._hub.publish(event.name, event.data)
                     elif isinstance(event, SessionReady | SessionResumed):
-                        healthy = True
+                        ready_at = trio.current_time()
+                        self._session_live = True
                         if isinstance(event, SessionReady):
                             self._user_id = event.user_id
                             self._log.info("ready as user %d", event.user_id)
@@ -500,27 +594,32 @@ class Shard:
                         verdict = protocol.connection_lost(None)
                         return _Outcome(
                             CloseVerdict(verdict.action, "Discord asked for a reconnect (op 7)"),
-                            healthy,
+                            progressed(),
                         )
                     elif isinstance(event, SessionInvalidated):
                         verdict = protocol.connection_lost(None)
                         if event.resumable:
                             description = "the session was invalidated (op 9, resumable)"
-                            return _Outcome(CloseVerdict(verdict.action, description), healthy)
+                            return _Outcome(CloseVerdict(verdict.action, description), progressed())
                         description = "the session was invalidated (op 9, not resumable)"
                         return _Outcome(
                             CloseVerdict(CloseAction.IDENTIFY, description),
-                            healthy,
+                            progressed(),
                             wait=random.uniform(1.0, 5.0),
                         )
                     elif isinstance(event, ZombieConnection):
                         self._log.warning("no heartbeat ACK since the last heartbeat; reconnecting")
                         verdict = protocol.connection_lost(None)
                         description = "zombie connection (heartbeat not acknowledged)"
-                        return _Outcome(CloseVerdict(verdict.action, description), healthy)
+                        return _Outcome(CloseVerdict(verdict.action, description), progressed())
         except trio_websocket.ConnectionClosed as exc:
             code = exc.reason.code if exc.reason is not None else None
-            return _Outcome(protocol.connection_lost(code), healthy)
+            return _Outcome(protocol.connection_lost(code), progressed())
+
+
+def _check_size(payload: dict[str, Any]) -> None:
+    if len(json.dumps(payload, separators=(",", ":")).encode()) > MAX_SEND_SIZE:
+        raise UsageError(f"a gateway payload must not exceed {MAX_SEND_SIZE} bytes")
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -602,13 +701,23 @@ async def open_shard(
         async with trio.open_nursery() as nursery:
             shard._nursery = nursery
             nursery.start_soon(shard._run)
+            nursery.start_soon(shard._send_voice_states)
             await shard._settled.wait()
             if not shard._stopped:
                 try:
                     yield shard
                 finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                        await shard._close_gracefully()
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(LEAVE_FLUSH_TIMEOUT) as flushing:
+                            await shard._flush_leaves()
+                        if flushing.cancelled_caught:
+                            shard._log.warning(
+                                "closing with %d voice leave(s) unsent after %g s",
+                                shard.voice_leaves_queued,
+                                LEAVE_FLUSH_TIMEOUT,
+                            )
+                        with trio.move_on_after(CLOSE_GRACE):
+                            await shard._close_gracefully()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         failure = _collapse(group)

@@ -184,6 +184,15 @@ class EventHub:
             for subscription in list(self._by_guild.get(guild, ())):
                 self._offer(subscription, name, data)
 
+    def broadcast(self, name: str, data: Any) -> None:
+        """Offer one event to every subscriber of ``name``, whatever guild it filters on.
+
+        For news about the source itself (its gateway session ended), which concerns every
+        guild's subscribers and carries no ``guild_id`` to route by.
+        """
+        for subscription in list(self._subscriptions):
+            self._offer(subscription, name, data)
+
     def _offer(self, subscription: Subscription, name: str, data: Any) -> None:
         if not subscription.wants(name):
             return

@@ -26,7 +26,7 @@ import trio
 
 from .._core.gateway_errors import BridgeClosed
 from .._core.gateway_intents import Intents
-from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.ip_discovery import DiscoveredAddress
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.transport import PROCESS_NONCE_LEDGER, SUPPORTED_MODES, create_cipher
@@ -56,6 +56,7 @@ from .._errors import (
     ProtocolError,
     UnknownOpcode,
     UsageError,
+    shorten,
 )
 from .bridge import ForwardedBridge, GatewayVoiceBridge
 from .shard import Shard
@@ -666,7 +667,12 @@ class VoiceConnection(VoiceSendingMixin):
         hundreds of voice connections wakes only the one listener an event is for."""
         bridge = self._bridge
         if isinstance(bridge, (Shard, ForwardedBridge)):
-            return bridge.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE, guild_id=self.guild_id)
+            return bridge.subscribe(
+                VOICE_STATE_UPDATE,
+                VOICE_SERVER_UPDATE,
+                GATEWAY_SESSION_LOST,
+                guild_id=self.guild_id,
+            )
         return bridge.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)
 
     def _set_media_encryptor(self, encryptor: Callable[[bytes], bytes]) -> None:
@@ -759,6 +765,11 @@ class VoiceConnection(VoiceSendingMixin):
         if any(isinstance(a, OpenWebSocket | CloseWebSocket) for a in actions):
             self._log.info("voice server update: starting a new voice session")
         await self._drive(actions)
+
+    async def _gateway_session_lost(self, data: Any) -> None:
+        reason = data.get("reason") if isinstance(data, dict) else None
+        detail = shorten(reason) if isinstance(reason, str) else "the gateway session ended"
+        await self._drive(self._session.gateway_session_lost(detail))
 
     async def _gateway_closed(self) -> None:
         self._gateway_gone = True

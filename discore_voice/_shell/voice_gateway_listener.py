@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .shard_events import Subscription
 
 __all__ = ["DispatchHandler", "run_gateway_listener"]
@@ -18,6 +18,8 @@ class DispatchHandler(Protocol):
     async def _voice_state_update(self, data: Any) -> None: ...
 
     async def _voice_server_update(self, data: Any) -> None: ...
+
+    async def _gateway_session_lost(self, data: Any) -> None: ...
 
     async def _gateway_closed(self) -> None: ...
 
@@ -30,4 +32,6 @@ async def run_gateway_listener(subscription: Subscription, handler: DispatchHand
                 await handler._voice_state_update(data)
             elif name == VOICE_SERVER_UPDATE:
                 await handler._voice_server_update(data)
+            elif name == GATEWAY_SESSION_LOST:
+                await handler._gateway_session_lost(data)
     await handler._gateway_closed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
@@ -227,6 +228,7 @@ async def test_rate_limiter_holds_a_burst_under_the_limit(
     discord: LocalDiscord, jump_clock: MockClock
 ) -> None:
     guild = discord.add_guild(name="g")
+    channel = guild.add_voice_channel(name="v")
     burst = 150
     with trio.fail_after(WAIT * 10):
         async with open_shard(
@@ -235,9 +237,13 @@ async def test_rate_limiter_holds_a_burst_under_the_limit(
             session = session_of(discord)
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
-                for _ in range(burst):
-                    # Leaving while not in voice: Discord (and the simulator) answer nothing.
-                    nursery.start_soon(shard.update_voice_state, guild.id, None)
+                for index in range(burst):
+                    # Joins (mute toggles) wait until sent, so the burst takes two windows.
+                    nursery.start_soon(
+                        functools.partial(
+                            shard.update_voice_state, guild.id, channel.id, self_mute=index % 2 == 0
+                        )
+                    )
             elapsed = trio.current_time() - start
             await discord.wait_for(lambda: session.ops_received.count(4) == burst)
             assert elapsed >= 60.0
