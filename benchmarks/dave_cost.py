@@ -21,7 +21,7 @@ import trio
 from discore_voice import Intents, VoiceConnection, open_shard
 from discore_voice._audio.opus import PCM_BLOCK_SIZE, OpusEncoder
 from discore_voice._audio.signals import melody_pcm
-from discore_voice._core.dave import DaveStateChanged
+from discore_voice._core.voice.dave import DaveStateChanged
 from discore_voice.testing import open_local_discord
 
 FRAMES_PER_SECOND = 50

@@ -16,8 +16,7 @@ from ._audio.sources import (
     PcmSource,
     open_audio_file,
 )
-from ._core.dave import DaveChange, DaveStateChanged, dave_available, max_supported_dave_version
-from ._core.gateway_errors import (
+from ._core.gateway.errors import (
     AuthenticationFailed,
     BridgeClosed,
     DisallowedIntents,
@@ -29,12 +28,18 @@ from ._core.gateway_errors import (
     ShardingError,
     ShardingRequired,
 )
-from ._core.gateway_intents import PRIVILEGED_INTENTS, Intents
-from ._core.gateway_limits import IdentifyLimiter
+from ._core.gateway.intents import PRIVILEGED_INTENTS, Intents
+from ._core.gateway.limits import IdentifyLimiter
 from ._core.pcm_buffer import VoiceBufferFull
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from ._core.voice_session import (
+from ._core.voice.dave import (
+    DaveChange,
+    DaveStateChanged,
+    dave_available,
+    max_supported_dave_version,
+)
+from ._core.voice.session import (
     Connected,
     Invalidated,
     InvalidationReason,
@@ -56,8 +61,8 @@ from ._errors import (
     UsageError,
 )
 from ._shell.bridge import ForwardedBridge, GatewayVoiceBridge
-from ._shell.shard import Shard, open_shard, shard_for_guild
-from ._shell.shard_events import Subscription
+from ._shell.shard.connection import Shard, open_shard, shard_for_guild
+from ._shell.shard.events import Subscription
 from ._shell.voice_connection import (
     GuildNotOnShard,
     MissingVoiceIntent,

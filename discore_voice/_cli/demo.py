@@ -18,9 +18,9 @@ import trio
 
 from .._audio.signals import channel, find_alignment, melody_pcm
 from .._audio.sources import PcmSource
-from .._core.dave import DaveStateChanged
-from .._core.gateway_intents import Intents
-from .._shell.shard import open_shard
+from .._core.gateway.intents import Intents
+from .._core.voice.dave import DaveStateChanged
+from .._shell.shard.connection import open_shard
 from .._shell.voice_connection import VoiceConnection
 from ..testing import SimMember, open_local_discord
 

@@ -17,12 +17,12 @@ from typing import Any
 import trio
 
 from .._audio.sources import open_audio_file
-from .._core.gateway_errors import AuthenticationFailed, DisallowedIntents
-from .._core.gateway_intents import Intents
+from .._core.gateway.errors import AuthenticationFailed, DisallowedIntents
+from .._core.gateway.intents import Intents
 from .._core.snowflake import validate_snowflake
-from .._core.voice_session import InvalidationReason
+from .._core.voice.session import InvalidationReason
 from .._errors import UsageError
-from .._shell.shard import DEFAULT_GATEWAY_URL, open_shard
+from .._shell.shard.connection import DEFAULT_GATEWAY_URL, open_shard
 from .._shell.voice_connection import VoiceConnectionFailed, voice_connection
 
 __all__ = ["add_parser"]

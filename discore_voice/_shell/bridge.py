@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from .._closing import ClosesOnExit
-from .._core.gateway_errors import BridgeClosed
-from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway.errors import BridgeClosed
+from .._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._errors import UsageError
-from .shard_events import EventHub, Subscription
+from .shard.events import EventHub, Subscription
 
 __all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceState"]
 

@@ -8,7 +8,7 @@ fatal error; and an invalid connection turns every operation into a no-op. Inval
 raises into the user's block: it wakes whoever waits and is recorded, and the user decides whether
 to leave.
 
-The protocol decisions all live in the sans-IO :class:`~discore_voice._core.voice_session.
+The protocol decisions all live in the sans-IO :class:`~discore_voice._core.voice.session.
 VoiceSession`. This module feeds it events from the tasks and carries out the actions it returns;
 it decides nothing about Discord itself.
 """
@@ -24,14 +24,14 @@ from typing import Any, Final
 
 import trio
 
-from .._core.gateway_errors import BridgeClosed
-from .._core.gateway_intents import Intents
-from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway.errors import BridgeClosed
+from .._core.gateway.intents import Intents
+from .._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.ip_discovery import DiscoveredAddress
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.transport import PROCESS_NONCE_LEDGER, SUPPORTED_MODES, create_cipher
-from .._core.voice_frames import encode_client_text
-from .._core.voice_session import (
+from .._core.voice.frames import encode_client_text
+from .._core.voice.session import (
     Action,
     CloseWebSocket,
     Connected,
@@ -59,8 +59,8 @@ from .._errors import (
     shorten,
 )
 from .bridge import ForwardedBridge, GatewayVoiceBridge
-from .shard import Shard
-from .shard_events import Subscription
+from .shard.connection import Shard
+from .shard.events import Subscription
 from .voice_dave import VoiceDave, offered_dave_version, passthrough
 from .voice_events import DEFAULT_EVENT_BUFFER, VoiceEventHub, VoiceEvents
 from .voice_gateway_listener import run_gateway_listener

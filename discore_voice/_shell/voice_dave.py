@@ -25,14 +25,14 @@ from typing import Final
 
 import trio
 
-from .._core import dave as _dave
-from .._core.dave import DaveChange, DaveClient, DaveRecovering, DaveStateChanged
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.speaking import OPUS_SILENCE_FRAME
 from .._core.transport import DecryptedPacket
-from .._core.voice_frames import ClientBinaryMessage, encode_client_binary, encode_client_text
-from .._core.voice_payloads import SessionDescription
-from .._core.voice_session import DaveMessage, MemberDisconnected, MemberSpeaking, NewDaveSession
+from .._core.voice import dave as _dave
+from .._core.voice.dave import DaveChange, DaveClient, DaveRecovering, DaveStateChanged
+from .._core.voice.frames import ClientBinaryMessage, encode_client_binary, encode_client_text
+from .._core.voice.payloads import SessionDescription
+from .._core.voice.session import DaveMessage, MemberDisconnected, MemberSpeaking, NewDaveSession
 from .._errors import DaveError, ProtocolError
 
 __all__ = ["DecryptedFrame", "VoiceDave", "offered_dave_version", "passthrough"]
@@ -50,7 +50,7 @@ def offered_dave_version() -> int:
     """What Identify offers: the highest DAVE version the installed davey supports, or 0.
 
     Read through the module so that a test (or an embedder) can patch
-    ``_core.dave.max_supported_dave_version`` and see a davey-less build.
+    ``_core.voice.dave.max_supported_dave_version`` and see a davey-less build.
     """
     return _dave.max_supported_dave_version()
 

@@ -18,8 +18,8 @@ from typing import TypeAlias
 import trio
 
 from .._closing import ClosesOnExit
-from .._core.dave import DaveStateChanged
-from .._core.voice_session import (
+from .._core.voice.dave import DaveStateChanged
+from .._core.voice.session import (
     Connected,
     Invalidated,
     MemberConnected,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .._core.gateway_voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
-from .shard_events import Subscription
+from .._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .shard.events import Subscription
 
 __all__ = ["DispatchHandler", "run_gateway_listener"]
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .._core.voice_session import Action, VoiceSession
+from .._core.voice.session import Action, VoiceSession
 
 __all__ = ["run_heartbeat"]
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import trio
 import trio_websocket
 
-from .._core.voice_frames import MAX_BINARY_FRAME, MAX_TEXT_FRAME
+from .._core.voice.frames import MAX_BINARY_FRAME, MAX_TEXT_FRAME
 from .websocket import WebSocketConnectFailed, close_websocket, connect_websocket
 
 __all__ = ["CLOSE_GRACE", "VoiceWebSocket", "WebSocketHandler"]

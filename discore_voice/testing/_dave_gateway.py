@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import trio
 
-from .._core.dave import DaveOutput
-from .._core.voice_frames import ClientBinaryMessage, ServerBinaryMessage
-from .._core.voice_opcodes import VoiceOpcode
-from .._core.voice_payloads import (
+from .._core.voice.dave import DaveOutput
+from .._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
+from .._core.voice.opcodes import VoiceOpcode
+from .._core.voice.payloads import (
     ClientMessage,
     DaveExecuteTransition,
     DaveMlsInvalidCommitWelcome,

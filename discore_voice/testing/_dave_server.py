@@ -40,9 +40,9 @@ from typing import Final, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .._core.voice_frames import ServerBinaryMessage
-from .._core.voice_opcodes import VoiceOpcode
-from .._core.voice_payloads import (
+from .._core.voice.frames import ServerBinaryMessage
+from .._core.voice.opcodes import VoiceOpcode
+from .._core.voice.payloads import (
     DaveExecuteTransition,
     DavePrepareEpoch,
     DavePrepareTransition,

@@ -30,8 +30,8 @@ import trio
 from .._core.ip_discovery import IP_DISCOVERY_SIZE, build_response, parse_request
 from .._core.rtp import RtpHeader, is_rtcp
 from .._core.transport import TransportCipher
-from .._core.voice_frames import ServerBinaryMessage
-from .._core.voice_payloads import ServerMessage
+from .._core.voice.frames import ServerBinaryMessage
+from .._core.voice.payloads import ServerMessage
 from .._errors import DecryptionFailed, ProtocolError, UsageError
 from ._faults import UdpFaults
 from ._recording import ReceivedPacket, Recording

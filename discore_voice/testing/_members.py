@@ -23,9 +23,9 @@ import trio
 
 from .._core.rtp import next_sequence, next_timestamp
 from .._core.speaking import OPUS_SILENCE_FRAME, SILENCE_FRAMES_AFTER_AUDIO, SpeakingFlags
-from .._core.voice_frames import ServerBinaryMessage
-from .._core.voice_opcodes import VoiceOpcode
-from .._core.voice_payloads import ServerMessage
+from .._core.voice.frames import ServerBinaryMessage
+from .._core.voice.opcodes import VoiceOpcode
+from .._core.voice.payloads import ServerMessage
 from .._errors import UsageError
 from ._recording import ReceivedPacket, Recording
 from ._stats import StreamStats

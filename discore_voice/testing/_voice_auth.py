@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._core.snowflake import Snowflake, validate_snowflake
-from .._core.voice_opcodes import VoiceCloseCode
+from .._core.voice.opcodes import VoiceCloseCode
 from .._errors import UsageError
 
 __all__ = [

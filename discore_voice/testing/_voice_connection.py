@@ -20,7 +20,7 @@ import trio
 import trio_websocket
 
 from .._core.fields import Fields, decode_json_object
-from .._core.voice_frames import (
+from .._core.voice.frames import (
     MAX_BINARY_FRAME,
     MAX_TEXT_FRAME,
     SEQ_MODULUS,
@@ -29,8 +29,8 @@ from .._core.voice_frames import (
     encode_server_binary,
     encode_server_text,
 )
-from .._core.voice_opcodes import CLIENT_BINARY_OPCODES, VoiceCloseCode, VoiceOpcode
-from .._core.voice_payloads import (
+from .._core.voice.opcodes import CLIENT_BINARY_OPCODES, VoiceCloseCode, VoiceOpcode
+from .._core.voice.payloads import (
     CLIENT_MESSAGE_TYPES,
     NO_SEQ_ACK,
     ClientMessage,

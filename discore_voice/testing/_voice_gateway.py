@@ -47,9 +47,9 @@ import trio_websocket
 
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.transport import SUPPORTED_MODES, create_cipher
-from .._core.voice_frames import MAX_TEXT_FRAME, ClientBinaryMessage
-from .._core.voice_opcodes import CloseAction, VoiceCloseCode, classify_close
-from .._core.voice_payloads import (
+from .._core.voice.frames import MAX_TEXT_FRAME, ClientBinaryMessage
+from .._core.voice.opcodes import CloseAction, VoiceCloseCode, classify_close
+from .._core.voice.payloads import (
     SECRET_KEY_LENGTH,
     ClientDisconnect,
     ClientMessage,

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discore_voice import ProtocolError
-from discore_voice._core import dave as dave_module
-from discore_voice._core.dave import (
+from discore_voice._core.speaking import OPUS_SILENCE_FRAME
+from discore_voice._core.voice import dave as dave_module
+from discore_voice._core.voice.dave import (
     DAVE_FRAME_MAGIC,
     DaveChange,
     DaveClient,
@@ -31,8 +32,7 @@ from discore_voice._core.dave import (
     dave_available,
     max_supported_dave_version,
 )
-from discore_voice._core.speaking import OPUS_SILENCE_FRAME
-from discore_voice._core.voice_frames import (
+from discore_voice._core.voice.frames import (
     ClientBinaryMessage,
     ServerBinaryMessage,
     decode_client_binary,
@@ -44,8 +44,8 @@ from discore_voice._core.voice_frames import (
     encode_server_binary,
     encode_server_text,
 )
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     DaveExecuteTransition,
     DaveMlsInvalidCommitWelcome,
     DavePrepareEpoch,
@@ -224,7 +224,7 @@ def test_import_of_the_package_does_not_need_davey() -> None:
     # A fresh interpreter: reloading the module here would split its classes in two.
     code = (
         "import sys; sys.modules['davey'] = None; import discore_voice; "
-        "from discore_voice._core.dave import max_supported_dave_version as v; print(v())"
+        "from discore_voice._core.voice.dave import max_supported_dave_version as v; print(v())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

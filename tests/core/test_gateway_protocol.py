@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from discore_voice._core.gateway_errors import (
+from discore_voice._core.gateway.errors import (
     AuthenticationFailed,
     CloseAction,
     DisallowedIntents,
@@ -24,9 +24,10 @@ from discore_voice._core.gateway_errors import (
     ShardingRequired,
     classify_close,
 )
-from discore_voice._core.gateway_intents import PRIVILEGED_INTENTS, Intents
-from discore_voice._core.gateway_limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
-from discore_voice._core.gateway_protocol import (
+from discore_voice._core.gateway.inflate import ZLIB_SUFFIX, ZlibStreamInflater
+from discore_voice._core.gateway.intents import PRIVILEGED_INTENTS, Intents
+from discore_voice._core.gateway.limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
+from discore_voice._core.gateway.protocol import (
     Dispatched,
     GatewayOpcode,
     GatewayProtocol,
@@ -40,7 +41,6 @@ from discore_voice._core.gateway_protocol import (
     ZombieConnection,
     build_gateway_url,
 )
-from discore_voice._core.gateway_zlib import ZLIB_SUFFIX, ZlibStreamInflater
 from discore_voice._errors import ProtocolError, UnknownOpcode, UsageError
 
 TOKEN = "MTAx.secret-token.value"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discore_voice import ProtocolError
-from discore_voice._core.gateway_voice import (
+from discore_voice._core.gateway.voice import (
     build_voice_state_update,
     parse_voice_server_update,
     parse_voice_state_update,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discore_voice import ProtocolError, UnknownOpcode, UsageError
-from discore_voice._core.voice_frames import (
+from discore_voice._core.voice.frames import (
     MAX_BINARY_FRAME,
     MAX_JSON_SEQ,
     MAX_TEXT_FRAME,
@@ -29,12 +29,12 @@ from discore_voice._core.voice_frames import (
     encode_server_binary,
     encode_server_text,
 )
-from discore_voice._core.voice_opcodes import (
+from discore_voice._core.voice.opcodes import (
     CLIENT_BINARY_OPCODES,
     SERVER_BINARY_OPCODES,
     VoiceOpcode,
 )
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.payloads import (
     ClientDisconnect,
     ClientMessage,
     ClientsConnect,

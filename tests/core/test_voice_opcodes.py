@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discore_voice._core.voice_opcodes import (
+from discore_voice._core.voice.opcodes import (
     CLIENT_BINARY_OPCODES,
     CLIENT_TEXT_OPCODES,
     SERVER_BINARY_OPCODES,

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discore_voice import ProtocolError, UnknownOpcode
-from discore_voice._core.voice_opcodes import CLIENT_TEXT_OPCODES, SERVER_TEXT_OPCODES, VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.opcodes import CLIENT_TEXT_OPCODES, SERVER_TEXT_OPCODES, VoiceOpcode
+from discore_voice._core.voice.payloads import (
     CLIENT_MESSAGE_TYPES,
     MAX_HEARTBEAT_NONCE,
     NO_SEQ_ACK,

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from discore_voice._core.ip_discovery import DiscoveredAddress
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
-from discore_voice._core.voice_frames import encode_server_text
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.frames import encode_server_text
+from discore_voice._core.voice.payloads import (
     ClientDisconnect,
     ClientsConnect,
     Heartbeat,
@@ -27,7 +27,7 @@ from discore_voice._core.voice_payloads import (
     ServerSpeaking,
     SessionDescription,
 )
-from discore_voice._core.voice_session import (
+from discore_voice._core.voice.session import (
     MAX_ATTEMPTS_WITHOUT_PROGRESS,
     MOVE_GRACE_SECONDS,
     Action,

@@ -39,7 +39,7 @@ from discore_voice._audio.signals import (
     zero_crossing_frequency,
 )
 from discore_voice._core.transport import XCHACHA20_POLY1305_RTPSIZE
-from discore_voice._core.voice_opcodes import VoiceCloseCode, VoiceOpcode
+from discore_voice._core.voice.opcodes import VoiceCloseCode, VoiceOpcode
 from discore_voice.testing import LocalDiscord, open_local_discord
 from discore_voice.testing._stats import StreamStats
 from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer

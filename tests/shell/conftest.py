@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from discore_voice._shell.shard.connection import Shard
 
-from discore_voice._shell.shard import Shard
 from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
 from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
 

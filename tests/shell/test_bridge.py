@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import Shard, open_shard
 
-from discore_voice._core.gateway_errors import BridgeClosed
-from discore_voice._core.gateway_intents import Intents
-from discore_voice._core.gateway_voice import (
+from discore_voice._core.gateway.errors import BridgeClosed
+from discore_voice._core.gateway.intents import Intents
+from discore_voice._core.gateway.voice import (
     VOICE_SERVER_UPDATE,
     VOICE_STATE_UPDATE,
     parse_voice_server_update,
@@ -23,7 +24,6 @@ from discore_voice._core.gateway_voice import (
 from discore_voice._core.snowflake import Snowflake
 from discore_voice._errors import UsageError
 from discore_voice._shell.bridge import ForwardedBridge, GatewayVoiceBridge
-from discore_voice._shell.shard import Shard, open_shard
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT

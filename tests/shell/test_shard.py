@@ -7,18 +7,18 @@ import logging
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import Shard, open_shard, shard_for_guild
 from trio.testing import MockClock
 
-from discore_voice._core.gateway_errors import ShardClosed
-from discore_voice._core.gateway_intents import Intents
-from discore_voice._core.gateway_voice import (
+from discore_voice._core.gateway.errors import ShardClosed
+from discore_voice._core.gateway.intents import Intents
+from discore_voice._core.gateway.voice import (
     VOICE_SERVER_UPDATE,
     VOICE_STATE_UPDATE,
     parse_voice_server_update,
     parse_voice_state_update,
 )
 from discore_voice._errors import UsageError
-from discore_voice._shell.shard import Shard, open_shard, shard_for_guild
 from discore_voice.testing import GatewaySession, LocalDiscord
 
 from .conftest import WAIT
@@ -61,7 +61,7 @@ async def test_identify_with_intents_and_clean_close(discord: LocalDiscord) -> N
 
 
 async def test_tls_verified_with_the_simulator_ca() -> None:
-    from discore_voice._core.gateway_errors import GatewayError
+    from discore_voice._core.gateway.errors import GatewayError
     from discore_voice.testing import open_local_discord
 
     async with open_local_discord(tls=True) as sim:

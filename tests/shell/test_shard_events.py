@@ -6,12 +6,12 @@ import logging
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import open_shard
+from discore_voice._shell.shard.events import EventHub, Subscription
 
-from discore_voice._core.gateway_intents import Intents
-from discore_voice._core.gateway_voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from discore_voice._core.gateway.intents import Intents
+from discore_voice._core.gateway.voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from discore_voice._errors import UsageError
-from discore_voice._shell.shard import open_shard
-from discore_voice._shell.shard_events import EventHub, Subscription
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT

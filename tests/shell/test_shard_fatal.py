@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import Shard, open_shard
 
-from discore_voice._core.gateway_errors import (
+from discore_voice._core.gateway.errors import (
     AuthenticationFailed,
     DisallowedIntents,
     GatewayError,
@@ -16,9 +17,8 @@ from discore_voice._core.gateway_errors import (
     ShardingError,
     ShardingRequired,
 )
-from discore_voice._core.gateway_intents import Intents
+from discore_voice._core.gateway.intents import Intents
 from discore_voice._errors import DiscoreVoiceError
-from discore_voice._shell.shard import Shard, open_shard
 from discore_voice.testing import LocalDiscord, open_local_discord
 
 from .conftest import WAIT

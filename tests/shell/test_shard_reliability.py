@@ -8,11 +8,11 @@ import logging
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import Shard, open_shard
 from trio.testing import MockClock
 
-from discore_voice._core.gateway_intents import Intents
-from discore_voice._core.voice_session import InvalidationReason
-from discore_voice._shell.shard import Shard, open_shard
+from discore_voice._core.gateway.intents import Intents
+from discore_voice._core.voice.session import InvalidationReason
 from discore_voice._shell.voice_connection import voice_connection
 from discore_voice.testing import GatewaySession, LocalDiscord, SimChannel, SimGuild
 

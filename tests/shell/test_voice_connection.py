@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import Shard, open_shard
 from trio.testing import MockClock
 
-from discore_voice._core import dave as core_dave
-from discore_voice._core.dave import DaveStateChanged, max_supported_dave_version
-from discore_voice._core.gateway_errors import AuthenticationFailed
-from discore_voice._core.gateway_intents import Intents
-from discore_voice._core.gateway_limits import SendRateLimiter
+from discore_voice._core.gateway.errors import AuthenticationFailed
+from discore_voice._core.gateway.intents import Intents
+from discore_voice._core.gateway.limits import SendRateLimiter
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
-from discore_voice._core.voice_session import (
+from discore_voice._core.voice import dave as core_dave
+from discore_voice._core.voice.dave import DaveStateChanged, max_supported_dave_version
+from discore_voice._core.voice.session import (
     Connected,
     Invalidated,
     InvalidationReason,
@@ -29,7 +30,6 @@ from discore_voice._core.voice_session import (
 )
 from discore_voice._errors import UsageError
 from discore_voice._shell.bridge import ForwardedBridge
-from discore_voice._shell.shard import Shard, open_shard
 from discore_voice._shell.voice_connection import (
     GuildNotOnShard,
     MissingVoiceIntent,

@@ -20,17 +20,17 @@ from typing import Any
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import open_shard
 
 from discore_voice._audio.opus import OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm
-from discore_voice._core import dave as core_dave
-from discore_voice._core.dave import DaveChange, DaveStateChanged
-from discore_voice._core.gateway_intents import Intents
+from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME
 from discore_voice._core.transport import DecryptedPacket
-from discore_voice._core.voice_session import Connected, InvalidationReason
+from discore_voice._core.voice import dave as core_dave
+from discore_voice._core.voice.dave import DaveChange, DaveStateChanged
+from discore_voice._core.voice.session import Connected, InvalidationReason
 from discore_voice._errors import DaveError
-from discore_voice._shell.shard import open_shard
 from discore_voice._shell.voice_connection import (
     VoiceConnection,
     VoiceConnectionFailed,

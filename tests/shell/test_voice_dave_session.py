@@ -13,13 +13,13 @@ import pytest
 
 from discore_voice._core.ip_discovery import DiscoveredAddress
 from discore_voice._core.transport import AES256_GCM_RTPSIZE
-from discore_voice._core.voice_frames import (
+from discore_voice._core.voice.frames import (
     ServerBinaryMessage,
     encode_server_binary,
     encode_server_text,
 )
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     ClientDisconnect,
     ClientsConnect,
     DaveExecuteTransition,
@@ -30,7 +30,7 @@ from discore_voice._core.voice_payloads import (
     ServerMessage,
     SessionDescription,
 )
-from discore_voice._core.voice_session import (
+from discore_voice._core.voice.session import (
     Action,
     Connected,
     DaveMessage,

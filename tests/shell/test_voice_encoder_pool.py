@@ -16,7 +16,7 @@ import trio
 from discore_voice._audio.opus import OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME
-from discore_voice._core.voice_session import InvalidationReason
+from discore_voice._core.voice.session import InvalidationReason
 from discore_voice._shell import voice_encoder_pool
 from discore_voice._shell.voice_connection import voice_connection
 from discore_voice._shell.voice_encoder_pool import EncoderPool

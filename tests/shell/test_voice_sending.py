@@ -10,6 +10,7 @@ from itertools import pairwise
 
 import pytest
 import trio
+from discore_voice._shell.shard.connection import open_shard
 from trio.testing import MockClock
 
 from discore_voice import _native
@@ -18,14 +19,13 @@ from discore_voice._audio.ogg import AudioSourceError
 from discore_voice._audio.opus import OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._audio.sources import OggOpusSource, PcmSource
-from discore_voice._core.gateway_intents import Intents
+from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.pacing import FRAME_INTERVAL
 from discore_voice._core.pcm_buffer import VoiceBufferFull
 from discore_voice._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timestamp_distance
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from discore_voice._core.voice_session import Invalidated, InvalidationReason
+from discore_voice._core.voice.session import Invalidated, InvalidationReason
 from discore_voice._errors import NativeLibraryMissing, UsageError
-from discore_voice._shell.shard import open_shard
 from discore_voice._shell.voice_connection import VoiceConnection, voice_connection
 from discore_voice._shell.voice_sender import EncoderSettings
 from discore_voice.testing import open_local_discord

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discore_voice import ProtocolError, UsageError
-from discore_voice._core.dave import DaveClient
-from discore_voice._core.voice_frames import ClientBinaryMessage, ServerBinaryMessage
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.dave import DaveClient
+from discore_voice._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     DaveExecuteTransition,
     DavePrepareEpoch,
     DavePrepareTransition,

@@ -7,8 +7,8 @@ holds group secrets, exactly like Discord's.
 
 from __future__ import annotations
 
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import DaveExecuteTransition
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import DaveExecuteTransition
 from discore_voice.testing import SimMember
 
 from .test_dave_sim_support import (

@@ -7,10 +7,10 @@ import random
 
 import trio
 
-from discore_voice._core.dave import DaveClient
-from discore_voice._core.voice_frames import ServerBinaryMessage
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.dave import DaveClient
+from discore_voice._core.voice.frames import ServerBinaryMessage
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     DaveExecuteTransition,
     DaveMlsInvalidCommitWelcome,
     DavePrepareEpoch,

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from discore_voice import UsageError
-from discore_voice._core.voice_payloads import Ready
+from discore_voice._core.voice.payloads import Ready
 from discore_voice.testing import (
     LocalDiscord,
     SimChannel,

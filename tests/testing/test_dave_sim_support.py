@@ -17,15 +17,15 @@ import trio_websocket
 
 from discore_voice._audio.opus import OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm
-from discore_voice._core.dave import DaveClient, DaveRecovering, DaveStateChanged
 from discore_voice._core.transport import create_cipher
-from discore_voice._core.voice_frames import (
+from discore_voice._core.voice.dave import DaveClient, DaveRecovering, DaveStateChanged
+from discore_voice._core.voice.frames import (
     ClientBinaryMessage,
     decode_server_binary,
     decode_server_text,
     encode_client_binary,
 )
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.payloads import (
     ClientSpeaking,
     Ready,
     Resume,

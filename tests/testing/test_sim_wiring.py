@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from discore_voice._core.voice_payloads import ClientsConnect, Identify, Ready
+from discore_voice._core.voice.payloads import ClientsConnect, Identify, Ready
 from discore_voice.testing import open_local_discord
 
 from .conftest import RawGateway, connect_gateway

@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     ClientDisconnect,
     Heartbeat,
     HeartbeatAck,

@@ -10,7 +10,7 @@ import trio_websocket
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from discore_voice._core.voice_payloads import HeartbeatAck, Ready
+from discore_voice._core.voice.payloads import HeartbeatAck, Ready
 
 from .test_voice_sim_support import (
     BOT,

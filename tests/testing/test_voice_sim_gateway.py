@@ -10,9 +10,9 @@ import trio_websocket
 
 from discore_voice._core.speaking import SpeakingFlags
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
-from discore_voice._core.voice_frames import ClientBinaryMessage, ServerBinaryMessage
-from discore_voice._core.voice_opcodes import VoiceOpcode
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
+from discore_voice._core.voice.opcodes import VoiceOpcode
+from discore_voice._core.voice.payloads import (
     ClientDisconnect,
     ClientMessage,
     ClientsConnect,
@@ -328,7 +328,7 @@ async def test_wss_endpoint_with_the_simulators_tls() -> None:
                         nursery, stream, "127.0.0.1", "/?v=8"
                     )
                     assert json.loads(await ws.get_message())["op"] == 8
-                    from discore_voice._core.voice_frames import encode_client_text
+                    from discore_voice._core.voice.frames import encode_client_text
 
                     await ws.send_message(encode_client_text(identify(credentials)))
                     assert json.loads(await ws.get_message())["op"] == 2

@@ -18,7 +18,7 @@ from discore_voice._core.transport import (
     XCHACHA20_POLY1305_RTPSIZE,
     create_cipher,
 )
-from discore_voice._core.voice_payloads import ClientSpeaking, ServerSpeaking
+from discore_voice._core.voice.payloads import ClientSpeaking, ServerSpeaking
 from discore_voice.testing._stats import StreamStats, percentile
 
 from .test_voice_sim_support import (

@@ -21,13 +21,13 @@ import trio_websocket
 from discore_voice._audio import signals
 from discore_voice._core.ip_discovery import build_request, parse_response
 from discore_voice._core.transport import TransportCipher, create_cipher
-from discore_voice._core.voice_frames import (
+from discore_voice._core.voice.frames import (
     SeqTracker,
     decode_server_binary,
     decode_server_text,
     encode_client_text,
 )
-from discore_voice._core.voice_payloads import (
+from discore_voice._core.voice.payloads import (
     ClientMessage,
     Hello,
     Identify,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .._errors import UsageError
+from ..._errors import UsageError
 
 __all__ = ["IdentifyLimiter", "ReconnectBackoff", "SendRateLimiter"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .._errors import DiscoreVoiceError
+from ..._errors import DiscoreVoiceError
 
 __all__ = [
     "AuthenticationFailed",

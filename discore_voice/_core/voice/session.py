@@ -26,19 +26,19 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from .._errors import NoCompatibleEncryptionMode, UsageError, shorten
-from .gateway_voice import parse_voice_server_update, parse_voice_state_update
-from .ip_discovery import DiscoveredAddress
-from .snowflake import Snowflake
-from .transport import SUPPORTED_MODES, choose_mode
-from .voice_frames import (
+from ..._errors import NoCompatibleEncryptionMode, UsageError, shorten
+from ..gateway.voice import parse_voice_server_update, parse_voice_state_update
+from ..ip_discovery import DiscoveredAddress
+from ..snowflake import Snowflake
+from ..transport import SUPPORTED_MODES, choose_mode
+from .frames import (
     SeqTracker,
     ServerBinaryMessage,
     decode_server_binary,
     decode_server_text,
 )
-from .voice_opcodes import CloseAction, classify_close, describe_close
-from .voice_payloads import (
+from .opcodes import CloseAction, classify_close, describe_close
+from .payloads import (
     MAX_HEARTBEAT_NONCE,
     ClientDisconnect,
     ClientMessage,

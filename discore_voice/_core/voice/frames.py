@@ -18,14 +18,14 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .._errors import ProtocolError, UnknownOpcode, UsageError
-from .fields import Fields, decode_json_object
-from .voice_opcodes import (
+from ..._errors import ProtocolError, UnknownOpcode, UsageError
+from ..fields import Fields, decode_json_object
+from .opcodes import (
     CLIENT_BINARY_OPCODES,
     SERVER_BINARY_OPCODES,
     VoiceOpcode,
 )
-from .voice_payloads import (
+from .payloads import (
     NO_SEQ_ACK,
     ClientMessage,
     ServerMessage,

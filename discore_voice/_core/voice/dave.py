@@ -36,12 +36,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from .._errors import DaveError, ProtocolError
-from .snowflake import validate_snowflake
-from .speaking import OPUS_SILENCE_FRAME
-from .voice_frames import ClientBinaryMessage, ServerBinaryMessage
-from .voice_opcodes import VoiceOpcode
-from .voice_payloads import (
+from ..._errors import DaveError, ProtocolError
+from ..snowflake import validate_snowflake
+from ..speaking import OPUS_SILENCE_FRAME
+from .frames import ClientBinaryMessage, ServerBinaryMessage
+from .opcodes import VoiceOpcode
+from .payloads import (
     ClientDisconnect,
     ClientsConnect,
     DaveExecuteTransition,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from .._errors import ProtocolError
+from ..._errors import ProtocolError
 
 __all__ = ["ZLIB_SUFFIX", "ZlibStreamInflater"]
 

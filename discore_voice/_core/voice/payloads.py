@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self, TypeAlias, TypeVar
 
-from .._errors import ProtocolError, UnknownOpcode
-from .fields import Fields
-from .snowflake import Snowflake, snowflake_to_wire
-from .voice_opcodes import VoiceOpcode
+from ..._errors import ProtocolError, UnknownOpcode
+from ..fields import Fields
+from ..snowflake import Snowflake, snowflake_to_wire
+from .opcodes import VoiceOpcode
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES",

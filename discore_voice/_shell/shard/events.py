@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from .._closing import ClosesOnExit
-from .._core.snowflake import Snowflake, validate_snowflake
-from .._errors import UsageError
+from ..._closing import ClosesOnExit
+from ..._core.snowflake import Snowflake, validate_snowflake
+from ..._errors import UsageError
 
 __all__ = ["EventHub", "Subscription"]
 

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import trio
 
-from .._core.gateway_errors import ShardClosed
-from .._core.snowflake import Snowflake
+from ..._core.gateway.errors import ShardClosed
+from ..._core.snowflake import Snowflake
 
 __all__ = ["VoiceStateQueue", "VoiceStateRequest"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fields import Fields
-from .snowflake import Snowflake, snowflake_to_wire
+from ..fields import Fields
+from ..snowflake import Snowflake, snowflake_to_wire
 
 __all__ = [
     "GATEWAY_SESSION_LOST",

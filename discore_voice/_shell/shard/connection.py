@@ -34,15 +34,15 @@ from typing import Any
 import trio
 import trio_websocket
 
-from .._core.gateway_errors import (
+from ..._core.gateway.errors import (
     CloseAction,
     CloseVerdict,
     GatewayError,
     ShardClosed,
 )
-from .._core.gateway_intents import Intents
-from .._core.gateway_limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
-from .._core.gateway_protocol import (
+from ..._core.gateway.intents import Intents
+from ..._core.gateway.limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
+from ..._core.gateway.protocol import (
     Dispatched,
     GatewayEvent,
     GatewayProtocol,
@@ -56,17 +56,17 @@ from .._core.gateway_protocol import (
     ZombieConnection,
     build_gateway_url,
 )
-from .._core.gateway_voice import GATEWAY_SESSION_LOST, build_voice_state_update
-from .._core.snowflake import Snowflake, validate_snowflake
-from .._errors import ProtocolError, UnknownOpcode, UsageError
-from .shard_events import DEFAULT_BUFFER_SIZE, EventHub, Subscription
-from .shard_voice_states import VoiceStateQueue
-from .websocket import (
+from ..._core.gateway.voice import GATEWAY_SESSION_LOST, build_voice_state_update
+from ..._core.snowflake import Snowflake, validate_snowflake
+from ..._errors import ProtocolError, UnknownOpcode, UsageError
+from ..websocket import (
     WebSocketConnectFailed,
     close_websocket,
     connect_websocket,
     shielded_nursery,
 )
+from .events import DEFAULT_BUFFER_SIZE, EventHub, Subscription
+from .voice_states import VoiceStateQueue
 
 __all__ = ["DEFAULT_GATEWAY_URL", "Shard", "open_shard", "shard_for_guild"]
 
@@ -278,7 +278,7 @@ class Shard:
         if self._stopped:
             raise ShardClosed(self._closed_message())
         if channel is None:
-            # Queued, never dropped, and sent ahead of joins (see ``shard_voice_states``).
+            # Queued, never dropped, and sent ahead of joins (see ``voice_states``).
             self._voice_states.leave(guild, payload)
             return
         await self._voice_states.update(guild, payload)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from .._errors import ProtocolError, UnknownOpcode, UsageError
-from .fields import Fields, decode_json_object
-from .gateway_errors import CloseAction, CloseVerdict, classify_close
-from .gateway_zlib import ZlibStreamInflater
-from .snowflake import Snowflake
+from ..._errors import ProtocolError, UnknownOpcode, UsageError
+from ..fields import Fields, decode_json_object
+from ..snowflake import Snowflake
+from .errors import CloseAction, CloseVerdict, classify_close
+from .inflate import ZlibStreamInflater
 
 __all__ = [
     "GATEWAY_VERSION",
