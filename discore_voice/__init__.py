@@ -7,7 +7,7 @@ private and may change without notice.
 from __future__ import annotations
 
 from ._audio.ogg import AudioSourceError, OggFormatError, UnsupportedAudio
-from ._audio.opus import Application
+from ._audio.opus import Application, EncoderSettings
 from ._audio.sources import (
     AudioExtraMissing,
     AudioSource,
@@ -30,23 +30,22 @@ from ._core.gateway.errors import (
 )
 from ._core.gateway.intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway.limits import IdentifyLimiter
-from ._core.pcm_buffer import VoiceBufferFull
+from ._core.pcm_buffer import PCM_BLOCK_SIZE, VoiceBufferFull
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from ._core.voice.dave import (
+from ._core.voice.dave import dave_available, max_supported_dave_version
+from ._core.voice.events import (
+    Connected,
     DaveChange,
     DaveStateChanged,
-    dave_available,
-    max_supported_dave_version,
-)
-from ._core.voice.session import (
-    Connected,
     Invalidated,
     InvalidationReason,
     MemberConnected,
     MemberDisconnected,
     MemberSpeaking,
+    VoiceEvent,
 )
+from ._core.voice.protocol import WebSocketStats
 from ._errors import (
     DaveError,
     DecryptionFailed,
@@ -61,18 +60,20 @@ from ._errors import (
     UsageError,
 )
 from ._shell.bridge import ForwardedBridge, GatewayVoiceBridge
+from ._shell.hub import Subscription
 from ._shell.shard.connection import Shard, open_shard, shard_for_guild
-from ._shell.shard.events import Subscription
-from ._shell.voice_connection import (
+from ._shell.voice.connection import (
     GuildNotOnShard,
     MissingVoiceIntent,
     VoiceConnection,
     VoiceConnectionBusy,
     VoiceConnectionFailed,
+    VoiceEvents,
     voice_connection,
 )
-from ._shell.voice_events import VoiceEvent, VoiceEvents
-from ._shell.voice_sender import DEFAULT_BUFFER_SIZE, PCM_BLOCK_SIZE, EncoderSettings, SendStats
+from ._shell.voice.sending.producer import DEFAULT_BUFFER_SIZE
+from ._shell.voice.sending.stepper import SendStats
+from ._shell.voice.udp import UdpStats
 
 __version__ = "0.1.0.dev0"
 
@@ -128,6 +129,7 @@ __all__ = [
     "Snowflake",
     "SpeakingFlags",
     "Subscription",
+    "UdpStats",
     "UnknownOpcode",
     "UnsupportedAudio",
     "UsageError",
@@ -137,6 +139,7 @@ __all__ = [
     "VoiceConnectionFailed",
     "VoiceEvent",
     "VoiceEvents",
+    "WebSocketStats",
     "__version__",
     "dave_available",
     "max_supported_dave_version",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from .._checks import check_bool, check_int
 from .._closing import ClosesOnExit
 from .._core.speaking import OPUS_SILENCE_FRAME
 from .._errors import OpusError, UsageError
@@ -32,6 +34,7 @@ __all__ = [
     "SAMPLE_RATE",
     "SAMPLE_WIDTH",
     "Application",
+    "EncoderSettings",
     "OpusDecoder",
     "OpusEncoder",
     "OpusError",
@@ -89,21 +92,6 @@ class Application(enum.IntEnum):
     RESTRICTED_LOWDELAY = 2051
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    # bool is an int subclass, but ``bitrate=True`` is always a mistake.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise UsageError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise UsageError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def _check_application(value: object) -> Application:
     # Plain ints are accepted for callers that store settings as numbers (libopus' own values).
     if isinstance(value, int) and not isinstance(value, bool):
@@ -159,12 +147,12 @@ class OpusEncoder(ClosesOnExit):
     ) -> None:
         # Set first so __del__ and close() work even when a check below raises.
         self._state: int | None = None
-        bitrate = _check_int("bitrate", bitrate, MIN_BITRATE, MAX_BITRATE)
-        fec = _check_bool("fec", fec)
+        bitrate = check_int("bitrate", bitrate, MIN_BITRATE, MAX_BITRATE)
+        fec = check_bool("fec", fec)
         if packet_loss_percent is None:
             packet_loss_percent = _DEFAULT_FEC_LOSS_PERCENT if fec else 0
-        packet_loss_percent = _check_int("packet_loss_percent", packet_loss_percent, 0, 100)
-        complexity = _check_int("complexity", complexity, 0, 10)
+        packet_loss_percent = check_int("packet_loss_percent", packet_loss_percent, 0, 100)
+        complexity = check_int("complexity", complexity, 0, 10)
         application = _check_application(application)
 
         lib = load_opus()
@@ -231,7 +219,7 @@ class OpusEncoder(ClosesOnExit):
 
     @bitrate.setter
     def bitrate(self, value: int) -> None:
-        self._set(_SET_BITRATE, _check_int("bitrate", value, MIN_BITRATE, MAX_BITRATE))
+        self._set(_SET_BITRATE, check_int("bitrate", value, MIN_BITRATE, MAX_BITRATE))
 
     @property
     def fec(self) -> bool:
@@ -240,7 +228,7 @@ class OpusEncoder(ClosesOnExit):
 
     @fec.setter
     def fec(self, value: bool) -> None:
-        self._set(_SET_INBAND_FEC, int(_check_bool("fec", value)))
+        self._set(_SET_INBAND_FEC, int(check_bool("fec", value)))
 
     @property
     def packet_loss_percent(self) -> int:
@@ -249,7 +237,7 @@ class OpusEncoder(ClosesOnExit):
 
     @packet_loss_percent.setter
     def packet_loss_percent(self, value: int) -> None:
-        self._set(_SET_PACKET_LOSS_PERC, _check_int("packet_loss_percent", value, 0, 100))
+        self._set(_SET_PACKET_LOSS_PERC, check_int("packet_loss_percent", value, 0, 100))
 
     @property
     def complexity(self) -> int:
@@ -258,7 +246,7 @@ class OpusEncoder(ClosesOnExit):
 
     @complexity.setter
     def complexity(self, value: int) -> None:
-        self._set(_SET_COMPLEXITY, _check_int("complexity", value, 0, 10))
+        self._set(_SET_COMPLEXITY, check_int("complexity", value, 0, 10))
 
     @property
     def application(self) -> Application:
@@ -301,6 +289,37 @@ class OpusEncoder(ClosesOnExit):
             f"<OpusEncoder bitrate={self.bitrate} fec={self.fec} "
             f"loss={self.packet_loss_percent}% complexity={self.complexity} "
             f"application={self.application.name}>"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSettings:
+    """How a connection encodes PCM. 128 kbps with FEC off by default: in-band FEC costs ~4.5x
+    the CPU (``BENCHMARKS.md``) and only pays on lossy paths, which a bot can opt into."""
+
+    bitrate: int = 128_000
+    fec: bool = False
+    packet_loss_percent: int | None = None
+    complexity: int = 10
+    application: Application | int = Application.AUDIO
+
+    def __post_init__(self) -> None:
+        # Checked now, not at the first frame: by then the mistake would end the connection.
+        check_int("bitrate", self.bitrate, MIN_BITRATE, MAX_BITRATE)
+        check_bool("fec", self.fec)
+        if self.packet_loss_percent is not None:
+            check_int("packet_loss_percent", self.packet_loss_percent, 0, 100)
+        check_int("complexity", self.complexity, 0, 10)
+        _check_application(self.application)
+
+    def create(self) -> OpusEncoder:
+        """A new encoder with these settings; each connection needs its own (it has state)."""
+        return OpusEncoder(
+            bitrate=self.bitrate,
+            fec=self.fec,
+            packet_loss_percent=self.packet_loss_percent,
+            complexity=self.complexity,
+            application=self.application,
         )
 
 

@@ -21,7 +21,7 @@ from .._audio.sources import PcmSource
 from .._core.gateway.intents import Intents
 from .._core.voice.dave import DaveStateChanged
 from .._shell.shard.connection import open_shard
-from .._shell.voice_connection import VoiceConnection
+from .._shell.voice.connection import VoiceConnection
 from ..testing import SimMember, open_local_discord
 
 __all__ = ["add_parser"]

@@ -20,10 +20,10 @@ from .._audio.sources import open_audio_file
 from .._core.gateway.errors import AuthenticationFailed, DisallowedIntents
 from .._core.gateway.intents import Intents
 from .._core.snowflake import validate_snowflake
-from .._core.voice.session import InvalidationReason
+from .._core.voice.events import InvalidationReason
 from .._errors import UsageError
 from .._shell.shard.connection import DEFAULT_GATEWAY_URL, open_shard
-from .._shell.voice_connection import VoiceConnectionFailed, voice_connection
+from .._shell.voice.connection import VoiceConnectionFailed, voice_connection
 
 __all__ = ["add_parser"]
 

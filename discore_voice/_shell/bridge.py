@@ -23,7 +23,9 @@ from .._core.gateway.errors import BridgeClosed
 from .._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._errors import UsageError
-from .shard.events import EventHub, Subscription
+from . import dispatches
+from .dispatches import Dispatch
+from .hub import Hub, Subscription
 
 __all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceState"]
 
@@ -49,7 +51,7 @@ class GatewayVoiceBridge(Protocol):
         """The bot's user id: the VOICE_STATE_UPDATE dispatches to act on are its own."""
         ...
 
-    def subscribe(self, *event_names: str) -> Subscription:
+    def subscribe(self, *event_names: str) -> Subscription[Dispatch]:
         """The raw dispatches ``(name, d)`` for these names, until the bridge goes away."""
         ...
 
@@ -79,7 +81,7 @@ class ForwardedBridge(ClosesOnExit):
             raise UsageError("send_voice_state must be an async callable")
         self._user_id = validate_snowflake(user_id, name="user_id")
         self._send_voice_state = send_voice_state
-        self._hub = EventHub(_logger, buffer_size)
+        self._hub: Hub[Dispatch] = Hub(_logger, buffer_size, what="a dispatch")
 
     def __repr__(self) -> str:
         state = "closed" if self._hub.closed else "open"
@@ -100,7 +102,7 @@ class ForwardedBridge(ClosesOnExit):
         *event_names: str,
         buffer_size: int | None = None,
         guild_id: int | str | None = None,
-    ) -> Subscription:
+    ) -> Subscription[Dispatch]:
         """Receive the forwarded voice events (all if none are named), of one guild if given."""
         unknown = set(event_names) - VOICE_EVENTS
         if unknown:
@@ -108,16 +110,18 @@ class ForwardedBridge(ClosesOnExit):
                 "a forwarded bridge carries only VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE and "
                 "GATEWAY_SESSION_LOST"
             )
-        return self._hub.subscribe(event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id)
+        return dispatches.subscribe(
+            self._hub, event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id
+        )
 
     def dispatch(self, event_name: str, data: Any) -> None:
         """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""
         if event_name not in VOICE_EVENTS or self._hub.closed:
             return
         if event_name == GATEWAY_SESSION_LOST:
-            self._hub.broadcast(event_name, data)  # every guild's, it routes by none
+            self._hub.broadcast((event_name, data), name=event_name)  # it routes by no guild
             return
-        self._hub.publish(event_name, data)
+        dispatches.publish(self._hub, event_name, data)
 
     async def update_voice_state(
         self,

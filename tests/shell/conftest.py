@@ -6,12 +6,14 @@ With plain ``autojump_clock`` a heartbeat ACK in flight would look late and the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
-from discore_voice._shell.shard.connection import Shard
+import trio
+import trio.testing
 
+from discore_voice._shell.shard.connection import Shard
 from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
 from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
 
@@ -50,3 +52,14 @@ class BotInGuild:
 
     def sessions(self) -> list[VoiceGatewaySession]:
         return [s for s in self.voice.sessions if s.user_id == self.bot_id]
+
+
+async def settled_until(predicate: Callable[[], object]) -> None:
+    """Wait until ``predicate()`` holds, re-checked each time the whole program is idle.
+
+    For counters that no event announces (what a connection's UDP task counted): a datagram
+    sent over loopback is in the receiver's queue when ``send`` returns, so once every task is
+    blocked it has been read. Bound it with ``trio.fail_after``.
+    """
+    while not predicate():
+        await trio.testing.wait_all_tasks_blocked(cushion=0.001)

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import Shard, open_shard
 
 from discore_voice._core.gateway.errors import BridgeClosed
 from discore_voice._core.gateway.intents import Intents
@@ -24,6 +23,7 @@ from discore_voice._core.gateway.voice import (
 from discore_voice._core.snowflake import Snowflake
 from discore_voice._errors import UsageError
 from discore_voice._shell.bridge import ForwardedBridge, GatewayVoiceBridge
+from discore_voice._shell.shard.connection import Shard, open_shard
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT

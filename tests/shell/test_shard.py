@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import Shard, open_shard, shard_for_guild
 from trio.testing import MockClock
 
 from discore_voice._core.gateway.errors import ShardClosed
@@ -19,6 +18,7 @@ from discore_voice._core.gateway.voice import (
     parse_voice_state_update,
 )
 from discore_voice._errors import UsageError
+from discore_voice._shell.shard.connection import Shard, open_shard, shard_for_guild
 from discore_voice.testing import GatewaySession, LocalDiscord
 
 from .conftest import WAIT

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import Shard, open_shard
 
 from discore_voice._core.gateway.errors import (
     AuthenticationFailed,
@@ -19,6 +18,7 @@ from discore_voice._core.gateway.errors import (
 )
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._errors import DiscoreVoiceError
+from discore_voice._shell.shard.connection import Shard, open_shard
 from discore_voice.testing import LocalDiscord, open_local_discord
 
 from .conftest import WAIT

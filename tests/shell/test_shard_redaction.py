@@ -6,11 +6,11 @@ import logging
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import open_shard
 from trio.testing import MockClock
 
 from discore_voice._core.gateway.errors import AuthenticationFailed, ShardClosed
 from discore_voice._core.gateway.intents import Intents
+from discore_voice._shell.shard.connection import open_shard
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT

@@ -8,12 +8,12 @@ import logging
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import Shard, open_shard
 from trio.testing import MockClock
 
 from discore_voice._core.gateway.intents import Intents
-from discore_voice._core.voice.session import InvalidationReason
-from discore_voice._shell.voice_connection import voice_connection
+from discore_voice._core.voice.events import InvalidationReason
+from discore_voice._shell.shard.connection import Shard, open_shard
+from discore_voice._shell.voice.connection import voice_connection
 from discore_voice.testing import GatewaySession, LocalDiscord, SimChannel, SimGuild
 
 from .conftest import WAIT

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import Shard, open_shard
 from trio.testing import MockClock
 
 from discore_voice._core.gateway.errors import AuthenticationFailed
@@ -19,9 +18,10 @@ from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.gateway.limits import SendRateLimiter
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
 from discore_voice._core.voice import dave as core_dave
-from discore_voice._core.voice.dave import DaveStateChanged, max_supported_dave_version
-from discore_voice._core.voice.session import (
+from discore_voice._core.voice.dave import max_supported_dave_version
+from discore_voice._core.voice.events import (
     Connected,
+    DaveStateChanged,
     Invalidated,
     InvalidationReason,
     MemberConnected,
@@ -30,15 +30,16 @@ from discore_voice._core.voice.session import (
 )
 from discore_voice._errors import UsageError
 from discore_voice._shell.bridge import ForwardedBridge
-from discore_voice._shell.voice_connection import (
+from discore_voice._shell.shard.connection import Shard, open_shard
+from discore_voice._shell.voice.connection import (
     GuildNotOnShard,
     MissingVoiceIntent,
     VoiceConnection,
     VoiceConnectionBusy,
     VoiceConnectionFailed,
+    VoiceEvents,
     voice_connection,
 )
-from discore_voice._shell.voice_events import VoiceEvents
 from discore_voice.testing import open_local_discord
 from discore_voice.testing._faults import ABRUPT
 from discore_voice.testing._voice_gateway import (
@@ -46,7 +47,7 @@ from discore_voice.testing._voice_gateway import (
     open_voice_server,
 )
 
-from .conftest import WAIT, BotInGuild
+from .conftest import WAIT, BotInGuild, settled_until
 
 Env = BotInGuild
 
@@ -176,11 +177,9 @@ async def test_event_order_and_member_events() -> None:
                 member.set_speaking(1)
                 speaking = await next_event(events, MemberSpeaking)
                 assert speaking == MemberSpeaking(human.user_id, member.ssrc, 1)
-                udp = vc.udp
-                assert udp is not None
                 for _ in range(3):
                     member.send_opus(b"\xfc\x00\x01\x02")
-                await vc._wait(lambda: udp.received >= 3)
+                await settled_until(lambda: vc.udp_stats.received >= 3)
                 member.leave()
                 assert await next_event(events, MemberDisconnected) == MemberDisconnected(
                     human.user_id
@@ -258,12 +257,16 @@ async def test_resume_keeps_the_ssrc_and_does_not_invalidate(code: int) -> None:
             conn = VoiceConnection(env.shard, env.guild.id)
             events = conn.subscribe()
             async with conn.connect(env.channel.id) as vc:
-                ssrc, udp = vc.ssrc, vc.udp
+                ssrc = vc.ssrc
                 session = env.session()
+                selected = session.select_protocol
                 env.voice.close(session, code)
                 await env.voice.wait_for(lambda: session.resumes == 1)
                 await vc.wait_connected()
-                assert vc.is_connected and vc.ssrc == ssrc and vc.udp is udp
+                # The same SSRC, and the same UDP socket (the voice server sees the same port).
+                assert vc.is_connected and vc.ssrc == ssrc and vc.udp_stats.restarts == 0
+                assert session.select_protocol is selected
+                assert vc.websocket_stats.resumes == 1
                 assert session.ssrc == ssrc and session.state == "connected"
                 assert len(env.sessions()) == 1
                 # v8 buffered re-delivery: messages sent while away still arrive.
@@ -556,7 +559,7 @@ async def test_unreachable_voice_server_gives_up_with_error(jump_clock: MockCloc
             with pytest.raises(VoiceConnectionFailed) as caught:
                 async with voice_connection(env.shard, env.guild.id, env.channel.id):
                     raise AssertionError("unreachable")
-            assert caught.value.reason is InvalidationReason.ERROR
+            assert caught.value.reason is InvalidationReason.RECONNECT_FAILED
             assert "gave up" in caught.value.cause and str(port) in caught.value.cause
             await env.discord.wait_for(
                 lambda: env.discord.voice_state(env.guild.id, env.bot_id) is None
@@ -627,8 +630,6 @@ async def test_foreign_datagrams_never_arrive_and_garbage_is_counted() -> None:
             environment() as env,
             voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
         ):
-            udp = vc.udp
-            assert udp is not None
             select = env.session().select_protocol
             assert select is not None
             target = (select.address, select.port)
@@ -639,11 +640,11 @@ async def test_foreign_datagrams_never_arrive_and_garbage_is_counted() -> None:
             # Sent after the spoofer's datagrams on loopback, so counted after them if they
             # had been let in: the connected socket's kernel filter dropped them.
             env.voice.media.send_raw(b"\x80\x78" + bytes(41), target)
-            await vc._wait(lambda: udp.dropped["undecryptable"] >= 1)
-            assert dict(udp.dropped) == {"undecryptable": 1}
+            await settled_until(lambda: vc.udp_stats.dropped.get("undecryptable"))
+            assert vc.udp_stats.dropped == {"undecryptable": 1}
             env.voice.media.send_raw(b"\x01", target)
-            await vc._wait(lambda: udp.dropped["malformed"] >= 1)
-            assert udp.received == 0 and vc.is_connected
+            await settled_until(lambda: vc.udp_stats.dropped.get("malformed"))
+            assert vc.udp_stats.received == 0 and vc.is_connected
 
 
 async def test_udp_keepalive(jump_clock: MockClock) -> None:

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from discore_voice._audio.opus import OpusEncoder
+from discore_voice._audio.opus import EncoderSettings, OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME
-from discore_voice._core.voice.session import InvalidationReason
-from discore_voice._shell import voice_encoder_pool
-from discore_voice._shell.voice_connection import voice_connection
-from discore_voice._shell.voice_encoder_pool import EncoderPool
-from discore_voice._shell.voice_sender import EncoderSettings
+from discore_voice._core.voice.events import InvalidationReason
+from discore_voice._shell.voice.connection import voice_connection
+from discore_voice._shell.voice.sending import encoder_pool as voice_encoder_pool
+from discore_voice._shell.voice.sending.encoder_pool import EncoderPool
 
 from .conftest import WAIT
 from .test_voice_sending import assert_continuous, environment, invalidation_after_sending

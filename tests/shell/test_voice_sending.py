@@ -10,13 +10,12 @@ from itertools import pairwise
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import open_shard
 from trio.testing import MockClock
 
 from discore_voice import _native
 from discore_voice._audio import opus as opus_module
 from discore_voice._audio.ogg import AudioSourceError
-from discore_voice._audio.opus import OpusEncoder
+from discore_voice._audio.opus import EncoderSettings, OpusEncoder
 from discore_voice._audio.signals import channel, find_alignment, sine_pcm, zero_crossing_frequency
 from discore_voice._audio.sources import OggOpusSource, PcmSource
 from discore_voice._core.gateway.intents import Intents
@@ -24,10 +23,11 @@ from discore_voice._core.pacing import FRAME_INTERVAL
 from discore_voice._core.pcm_buffer import VoiceBufferFull
 from discore_voice._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timestamp_distance
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
-from discore_voice._core.voice.session import Invalidated, InvalidationReason
+from discore_voice._core.voice.events import Invalidated, InvalidationReason
+from discore_voice._core.voice.media import MediaCrypto
 from discore_voice._errors import NativeLibraryMissing, UsageError
-from discore_voice._shell.voice_connection import VoiceConnection, voice_connection
-from discore_voice._shell.voice_sender import EncoderSettings
+from discore_voice._shell.shard.connection import open_shard
+from discore_voice._shell.voice.connection import VoiceConnection, voice_connection
 from discore_voice.testing import open_local_discord
 from discore_voice.testing._dave_gateway import DaveMode
 from discore_voice.testing._members import SimMember
@@ -249,10 +249,13 @@ async def test_exactly_five_paced_silence_frames(jump_clock: MockClock) -> None:
             # Nothing more follows the tail.
             await trio.sleep(1.0)
             sent = env.sent()
-            gaps = list(vc._sender._gaps)
+            stats = vc.send_stats
     assert len(sent) == 15 and silence_count(sent) == 5
     assert all(p.payload == OPUS_SILENCE_FRAME for p in sent[-5:])
-    assert gaps == pytest.approx([FRAME_INTERVAL] * 14, abs=1e-6)
+    # All 14 gaps of the run are one frame (on trio's clock): the shortest and the longest.
+    interval_ms = FRAME_INTERVAL * 1000
+    assert stats.gap_min_ms == pytest.approx(interval_ms, abs=1e-3)
+    assert stats.gap_max_ms == pytest.approx(interval_ms, abs=1e-3)
     assert_continuous(sent)
 
 
@@ -271,11 +274,10 @@ async def test_no_burst_after_a_200_ms_stall(jump_clock: MockClock) -> None:
             jump_clock.jump(0.2)
             await env.wait_silence(5)
             stats = vc.send_stats
-            gaps = list(vc._sender._gaps)
     sent = env.sent()
     assert stats.stalls == 1 and 9 <= stats.skipped_late <= 10
     # Never two frames closer than 20 ms minus the pacer's 2 ms allowance: no catching up.
-    assert min(gaps) >= FRAME_INTERVAL - 0.002
+    assert stats.gap_min_ms >= (FRAME_INTERVAL - 0.002) * 1000
     # Audio is kept (it starts late), the timestamp jumps with real time, the sequence does not.
     assert stats.frames_sent == 30
     assert_continuous(sent)
@@ -414,9 +416,19 @@ async def test_cancelling_play_ends_with_silence() -> None:
     assert_continuous(sent)
 
 
-async def test_a_failing_send_ends_that_connection_only() -> None:
-    def broken(frame: bytes) -> bytes:
-        raise RuntimeError("the E2EE layer failed")
+async def test_a_failing_send_ends_that_connection_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    failing: list[MediaCrypto] = []
+    encrypt = MediaCrypto.encrypt
+
+    def broken(crypto: MediaCrypto, frame: bytes) -> bytes:
+        # The first connection to send is the one whose end-to-end layer fails.
+        if not failing:
+            failing.append(crypto)
+        if crypto is failing[0]:
+            raise RuntimeError("the E2EE layer failed")
+        return encrypt(crypto, frame)
+
+    monkeypatch.setattr(MediaCrypto, "encrypt", broken)
 
     with trio.fail_after(WAIT):
         async with environment() as env:
@@ -426,7 +438,6 @@ async def test_a_failing_send_ends_that_connection_only() -> None:
                 voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
                 voice_connection(env.shard, second.id, second_channel.id) as other,
             ):
-                vc._media_encryptor = broken
                 vc.send_voice_data_nowait(sine_pcm(0.1))
                 invalidation = await vc.wait_invalidated()
                 assert invalidation.reason is InvalidationReason.ERROR

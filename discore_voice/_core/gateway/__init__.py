@@ -1,1 +1,1 @@
-"""The main gateway (v10), sans-IO: its protocol, close codes, limits, intents and voice payloads."""
+"""The main gateway (v10), sans-IO: protocol, close codes, limits, intents, voice payloads."""

@@ -29,7 +29,6 @@ What davey 0.1.7 does, checked against it, and what the state machine relies on:
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from typing import Final, TypeAlias
 from ..._errors import DaveError, ProtocolError
 from ..snowflake import validate_snowflake
 from ..speaking import OPUS_SILENCE_FRAME
+from .events import DaveChange, DaveStateChanged
 from .frames import ClientBinaryMessage, ServerBinaryMessage
 from .opcodes import VoiceOpcode
 from .payloads import (
@@ -248,30 +248,6 @@ class _DaveySession:
 # --- outputs of the state machine ---------------------------------------------------------------
 
 
-class DaveChange(enum.Enum):
-    """Why the DAVE state changed: what a user-facing event reports."""
-
-    STARTED = "started"  # a new voice session chose its version
-    GROUP_JOINED = "group_joined"  # a commit or welcome made us a member of a new epoch
-    TRANSITION_EXECUTED = "transition_executed"
-    DOWNGRADED = "downgraded"  # to version 0: transport encryption only
-    UPGRADED = "upgraded"  # back to end-to-end encryption
-    REINITIALISED = "reinitialised"  # a new group is being made (op 24 epoch 1, or recovery)
-    RESET = "reset"
-
-
-@dataclass(frozen=True, slots=True)
-class DaveStateChanged:
-    """The DAVE state after a change; the connection's state-change event carries it."""
-
-    cause: DaveChange
-    protocol_version: int
-    epoch: int | None
-    can_encrypt: bool
-    voice_privacy_code: str | None
-    transition_id: int | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class DaveRecovering:
     """davey refused what the server sent; op 31 and a new key package are on their way.
@@ -293,6 +269,9 @@ DaveOutput: TypeAlias = (
     | DaveStateChanged
     | DaveRecovering
 )
+
+#: Verification codes remembered per (epoch, privacy code, user): each costs ~0.25 s of scrypt.
+_MAX_CACHED_CODES: Final = 64
 
 _Snapshot: TypeAlias = tuple[int, int | None, bool, str | None]
 
@@ -323,6 +302,7 @@ class DaveClient:
         self._pending: dict[int, int] = {}  # transition id -> protocol version it moves to
         self._known_users: set[int] = set()
         self._last_transition_id = 0
+        self._codes: dict[tuple[int | None, str | None, int], str] = {}
         self.decrypt_failures = 0
 
     # --- what the connection exposes ------------------------------------------------------------
@@ -363,6 +343,17 @@ class DaveClient:
         worker thread it stalls every other Python thread. Call it on demand, never per frame.
         """
         return self._require_session().verification_code(user_id)
+
+    def cached_verification_code(self, user_id: int) -> str:
+        """:meth:`verification_code`, remembered until the group changes (epoch or code)."""
+        key = (self.epoch, self.voice_privacy_code, user_id)
+        code = self._codes.get(key)
+        if code is None:
+            code = self.verification_code(user_id)
+            if len(self._codes) >= _MAX_CACHED_CODES:
+                self._codes.clear()
+            self._codes[key] = code
+        return code
 
     def pairwise_fingerprint(self, user_id: int, version: int = 0) -> bytes:
         """The full pairwise fingerprint with ``user_id``; as costly as the verification code."""

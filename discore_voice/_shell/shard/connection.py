@@ -59,13 +59,15 @@ from ..._core.gateway.protocol import (
 from ..._core.gateway.voice import GATEWAY_SESSION_LOST, build_voice_state_update
 from ..._core.snowflake import Snowflake, validate_snowflake
 from ..._errors import ProtocolError, UnknownOpcode, UsageError
+from .. import dispatches
+from ..dispatches import DEFAULT_BUFFER_SIZE, Dispatch
+from ..hub import Hub, Subscription
 from ..websocket import (
     WebSocketConnectFailed,
     close_websocket,
     connect_websocket,
     shielded_nursery,
 )
-from .events import DEFAULT_BUFFER_SIZE, EventHub, Subscription
 from .voice_states import VoiceStateQueue
 
 __all__ = ["DEFAULT_GATEWAY_URL", "Shard", "open_shard", "shard_for_guild"]
@@ -163,7 +165,7 @@ class Shard:
             properties={"os": sys.platform, "browser": "discore_voice", "device": "discore_voice"},
         )
         self._log = _ShardLog(_logger, {"shard_id": shard_id, "shard_count": shard_count})
-        self._hub = EventHub(self._log, buffer_size)
+        self._hub: Hub[Dispatch] = Hub(self._log, buffer_size, what="a dispatch")
         self._limiter = SendRateLimiter()
         self._user_id: Snowflake = 0
         self._live: trio_websocket.WebSocketConnection | None = None
@@ -237,14 +239,14 @@ class Shard:
         *event_names: str,
         buffer_size: int | None = None,
         guild_id: int | str | None = None,
-    ) -> Subscription:
+    ) -> Subscription[Dispatch]:
         """Receive dispatches named ``event_names`` (every dispatch if none are named).
 
         With ``guild_id``, only that guild's dispatches (by their ``guild_id``) are delivered,
         and other guilds' never wake the reader. Subscribing to a stopped shard gives a
         subscription that is already ended.
         """
-        return self._hub.subscribe(event_names, buffer_size, guild_id=guild_id)
+        return dispatches.subscribe(self._hub, event_names, buffer_size, guild_id=guild_id)
 
     async def update_voice_state(
         self,
@@ -376,7 +378,7 @@ class Shard:
         self._session_live = False
         reason = "the gateway session ended and could not be resumed"
         self._log.warning("%s; its voice connections end with it", reason)
-        self._hub.broadcast(GATEWAY_SESSION_LOST, {"reason": reason})
+        self._hub.broadcast((GATEWAY_SESSION_LOST, {"reason": reason}), name=GATEWAY_SESSION_LOST)
 
     def _closed_message(self) -> str:
         if self._failure is not None:
@@ -576,7 +578,7 @@ class Shard:
                                 self._log.info("resuming at sequence %s", protocol.sequence)
                             await self._send_priority(connection, event.payload)
                     elif isinstance(event, Dispatched):
-                        self._hub.publish(event.name, event.data)
+                        dispatches.publish(self._hub, event.name, event.data)
                     elif isinstance(event, SessionReady | SessionResumed):
                         ready_at = trio.current_time()
                         self._session_live = True

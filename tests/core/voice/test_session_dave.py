@@ -1,8 +1,8 @@
-"""What the sans-IO voice session hands the DAVE layer, and when it starts DAVE afresh.
+"""What the voice session hands the DAVE layer, and when it starts DAVE afresh.
 
-No sockets: these pin the contract the shell's DAVE layer relies on (every DAVE message, in
-order and acknowledged; a new voice session but not a resume resets it; a client that offered no
-DAVE gets none of it) and the 4017 advice, in every case the connection tests cannot reach.
+These pin the contract the voice core's DAVE handling relies on (every DAVE message, in order
+and acknowledged; a new voice session but not a resume resets it; a client that offered no DAVE
+gets none of it) and the 4017 advice, in every case the connection tests cannot reach.
 """
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ import pytest
 
 from discore_voice._core.ip_discovery import DiscoveredAddress
 from discore_voice._core.transport import AES256_GCM_RTPSIZE
+from discore_voice._core.voice.commands import OpenWebSocket, TimerKind
+from discore_voice._core.voice.events import (
+    Connected,
+    Invalidated,
+    InvalidationReason,
+    MemberConnected,
+    MemberDisconnected,
+)
 from discore_voice._core.voice.frames import (
     ServerBinaryMessage,
     encode_server_binary,
@@ -31,16 +39,10 @@ from discore_voice._core.voice.payloads import (
     SessionDescription,
 )
 from discore_voice._core.voice.session import (
-    Action,
-    Connected,
     DaveMessage,
     InstallCipher,
-    Invalidated,
-    InvalidationReason,
-    MemberConnected,
-    MemberDisconnected,
     NewDaveSession,
-    OpenWebSocket,
+    SessionOutput,
     VoiceSession,
 )
 
@@ -80,17 +82,21 @@ def server_update(endpoint: str = "voice.example:443") -> Any:
     return {"guild_id": str(GUILD), "endpoint": endpoint, "token": "secret-token"}
 
 
-def connected(dave: int, server: Server, version: int = 1) -> tuple[VoiceSession, list[Action]]:
+def connected(
+    dave: int, server: Server, version: int = 1
+) -> tuple[VoiceSession, list[SessionOutput]]:
     s = VoiceSession(GUILD, USER, max_dave_protocol_version=dave)
     s.connect(CHANNEL)
-    s.voice_state_update(state())
-    out = s.voice_server_update(server_update())
-    cid = s.connection_id
-    out += s.websocket_opened(cid)
-    out += s.receive_text(cid, encode_server_text(Hello(41250), seq=None))
-    out += s.receive_text(cid, server.text(Ready(7, "10.0.0.1", 5000, (AES256_GCM_RTPSIZE,))))
-    out += s.ip_discovered(cid, DiscoveredAddress(7, "1.2.3.4", 6000))
-    out += s.receive_text(cid, server.text(SessionDescription(AES256_GCM_RTPSIZE, KEY, version)))
+    s.voice_state_update(state(), 0.0)
+    out = s.voice_server_update(server_update(), 0.0)
+    gen = s.generation
+    out += s.websocket_opened(gen, 0.0)
+    out += s.receive_text(gen, encode_server_text(Hello(41250), seq=None), 0.0)
+    ready = Ready(7, "10.0.0.1", 5000, (AES256_GCM_RTPSIZE,))
+    out += s.receive_text(gen, server.text(ready), 0.0)
+    out += s.ip_discovered(s.udp_generation, DiscoveredAddress(7, "1.2.3.4", 6000), 0.0)
+    description = SessionDescription(AES256_GCM_RTPSIZE, KEY, version)
+    out += s.receive_text(gen, server.text(description), 0.0)
     assert s.is_connected
     return s, out
 
@@ -105,13 +111,13 @@ def test_a_new_session_starts_dave_and_description_follows_connected() -> None:
     description = out[-1]
     assert isinstance(description, DaveMessage)
     assert description.message == SessionDescription(AES256_GCM_RTPSIZE, KEY, 1)
-    assert description.connection_id == s.connection_id
+    assert description.generation == s.generation
 
 
 def test_every_dave_message_is_handed_over_and_binary_frames_are_acknowledged() -> None:
     server = Server()
     s, _ = connected(1, server)
-    cid = s.connection_id
+    cid = s.generation
     external = ServerBinaryMessage(VoiceOpcode.DAVE_MLS_EXTERNAL_SENDER, b"sender")
     commit = ServerBinaryMessage(VoiceOpcode.DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION, b"commit", 3)
     assert s.receive_binary(cid, server.binary(external)) == [DaveMessage(cid, external)]
@@ -123,14 +129,14 @@ def test_every_dave_message_is_handed_over_and_binary_frames_are_acknowledged() 
         DaveExecuteTransition(transition_id=4),
         DavePrepareEpoch(transition_id=5, epoch=1, protocol_version=1),
     ):
-        assert s.receive_text(cid, server.text(message)) == [DaveMessage(cid, message)]
+        assert s.receive_text(cid, server.text(message), 0.0) == [DaveMessage(cid, message)]
     joined = ClientsConnect((MEMBER,))
-    assert s.receive_text(cid, server.text(joined)) == [
+    assert s.receive_text(cid, server.text(joined), 0.0) == [
         DaveMessage(cid, joined),
         MemberConnected(MEMBER),
     ]
     left = ClientDisconnect(MEMBER)
-    assert s.receive_text(cid, server.text(left)) == [
+    assert s.receive_text(cid, server.text(left), 0.0) == [
         DaveMessage(cid, left),
         MemberDisconnected(MEMBER),
     ]
@@ -139,11 +145,13 @@ def test_every_dave_message_is_handed_over_and_binary_frames_are_acknowledged() 
 def test_a_resume_keeps_dave_and_a_move_or_switch_resets_it() -> None:
     server = Server()
     s, _ = connected(1, server)
-    out = s.websocket_closed(s.connection_id, 4015)
+    out = s.websocket_closed(s.generation, 4015, 0.0)
     assert not any(isinstance(a, NewDaveSession) for a in out)
-    assert s.websocket_opened(s.connection_id)  # Resume goes out
-    s.voice_state_update(state(OTHER_CHANNEL))
-    out = s.voice_server_update(server_update("other.example:443"))
+    out = s.timer_expired(TimerKind.RECONNECT, 1.0)
+    assert not any(isinstance(a, NewDaveSession) for a in out)
+    assert s.websocket_opened(s.generation, 1.0)  # Resume goes out
+    s.voice_state_update(state(OTHER_CHANNEL), 1.0)
+    out = s.voice_server_update(server_update("other.example:443"), 1.0)
     assert NewDaveSession(OTHER_CHANNEL) in out
 
 
@@ -151,11 +159,12 @@ def test_a_client_that_offered_no_dave_gets_no_dave_actions() -> None:
     server = Server()
     s, out = connected(0, server, version=0)
     assert not any(isinstance(a, DaveMessage | NewDaveSession) for a in out)
-    cid = s.connection_id
+    cid = s.generation
     external = ServerBinaryMessage(VoiceOpcode.DAVE_MLS_EXTERNAL_SENDER, b"sender")
     assert s.receive_binary(cid, server.binary(external)) == []
     assert s.seq_ack == server.seq  # still acknowledged
-    assert s.receive_text(cid, server.text(ClientsConnect((MEMBER,)))) == [MemberConnected(MEMBER)]
+    members = ClientsConnect((MEMBER,))
+    assert s.receive_text(cid, server.text(members), 0.0) == [MemberConnected(MEMBER)]
 
 
 @pytest.mark.parametrize(
@@ -165,10 +174,10 @@ def test_a_client_that_offered_no_dave_gets_no_dave_actions() -> None:
 def test_4017_says_what_to_do(offered: int, advice: str) -> None:
     s = VoiceSession(GUILD, USER, max_dave_protocol_version=offered)
     s.connect(CHANNEL)
-    s.voice_state_update(state())
-    s.voice_server_update(server_update())
-    s.websocket_opened(s.connection_id)
-    out = s.websocket_closed(s.connection_id, 4017)
+    s.voice_state_update(state(), 0.0)
+    s.voice_server_update(server_update(), 0.0)
+    s.websocket_opened(s.generation, 0.0)
+    out = s.websocket_closed(s.generation, 4017, 0.0)
     invalidated = [a for a in out if isinstance(a, Invalidated)]
     assert len(invalidated) == 1
     assert invalidated[0].reason is InvalidationReason.DAVE_REQUIRED

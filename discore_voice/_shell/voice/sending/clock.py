@@ -38,8 +38,8 @@ from typing import Final, Protocol
 
 import trio
 
-from .._errors import DiscoreVoiceError
-from .voice_timer import PreciseTimer, open_timer
+from ...._errors import DiscoreVoiceError
+from .timerfd import PreciseTimer, open_timer
 
 __all__ = ["BATCH_SLACK", "SendClock", "SenderCrashed", "send_clock"]
 

@@ -27,8 +27,8 @@ from typing import Final
 
 import trio
 
-from .._audio.opus import OpusEncoder
-from .._errors import DiscoreVoiceError
+from ...._audio.opus import OpusEncoder
+from ...._errors import DiscoreVoiceError
 
 __all__ = ["OFFLOAD_ABOVE", "EncodeJob", "EncoderPool", "EncoderWorkerError", "encoder_pool"]
 

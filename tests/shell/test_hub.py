@@ -1,4 +1,4 @@
-"""The event hub's routing: guild subscriptions see their guild only, in order, and nothing else."""
+"""The hub: guild routing for dispatches, drops counted per subscriber, and the end of a source."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import logging
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import open_shard
-from discore_voice._shell.shard.events import EventHub, Subscription
 
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.gateway.voice import VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from discore_voice._core.voice.events import MemberConnected
 from discore_voice._errors import UsageError
+from discore_voice._shell import dispatches
+from discore_voice._shell.dispatches import Dispatch
+from discore_voice._shell.hub import Hub, Subscription
+from discore_voice._shell.shard.connection import open_shard
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT
@@ -20,7 +23,7 @@ GUILD_A = 81384788765712384
 GUILD_B = 41771983423143937
 
 
-def drain(subscription: Subscription) -> list[tuple[str, object]]:
+def drain(subscription: Subscription[Dispatch]) -> list[tuple[str, object]]:
     events = []
     while True:
         try:
@@ -29,8 +32,29 @@ def drain(subscription: Subscription) -> list[tuple[str, object]]:
             return events
 
 
-def hub() -> EventHub:
-    return EventHub(logging.getLogger("test"), 16)
+class DispatchHub:
+    """The shard's use of a hub, as the shard and the forwarded bridge make it."""
+
+    def __init__(self) -> None:
+        self.hub: Hub[Dispatch] = Hub(logging.getLogger("test"), 16, what="a dispatch")
+
+    def subscribe(
+        self, names: tuple[str, ...], *, guild_id: int | str | None = None
+    ) -> Subscription[Dispatch]:
+        return dispatches.subscribe(self.hub, names, guild_id=guild_id)
+
+    def publish(self, name: str, data: object) -> None:
+        dispatches.publish(self.hub, name, data)
+
+    def close(self) -> None:
+        self.hub.close()
+
+    def __len__(self) -> int:
+        return len(self.hub)
+
+
+def hub() -> DispatchHub:
+    return DispatchHub()
 
 
 def test_guild_subscriptions_get_their_guild_only_and_in_order() -> None:
@@ -67,7 +91,7 @@ def test_closed_guild_subscriptions_leave_the_routing() -> None:
     assert len(drain(second)) == 1
     second.close()
     events.publish(VOICE_STATE_UPDATE, {"guild_id": str(GUILD_A)})
-    assert len(events) == 0 and events._by_guild == {}
+    assert len(events) == 0 and not events.hub.routes_by_guild
     events.close()
     late = events.subscribe((), guild_id=GUILD_A)
     assert late.closed
@@ -101,3 +125,45 @@ async def test_a_shard_routes_voice_events_by_guild(discord: LocalDiscord) -> No
     assert {int(data["guild_id"]) for _, data in seen} == {mine.id, other.id}
     assert sorted(name for name, _ in got) == [VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE]
     assert {int(data["guild_id"]) for _, data in got} == {mine.id}  # type: ignore[index]
+
+
+def test_a_full_subscriber_loses_its_own_items_only_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: Hub[MemberConnected] = Hub(logging.getLogger("test.hub"), 4, what="a voice event")
+    slow = events.subscribe(2)
+    fast = events.subscribe()
+    for user in range(1, 6):
+        events.publish(MemberConnected(user))
+    assert slow.dropped == 3 and fast.dropped == 1
+    assert [slow.receive_nowait().user_id for _ in range(2)] == [1, 2]
+    # The first drop and each power of two are logged, not every one.
+    drops = [r for r in caplog.records if "not keeping up" in r.getMessage()]
+    assert [r.getMessage().rsplit("(", 1)[1] for r in drops] == [
+        "1 dropped so far)",
+        "2 dropped so far)",
+        "1 dropped so far)",
+    ]
+
+
+async def test_closing_the_hub_ends_iteration_after_what_is_buffered() -> None:
+    events: Hub[MemberConnected] = Hub(logging.getLogger("test"), 8)
+    subscription = events.subscribe()
+    events.publish(MemberConnected(7))
+    events.close()
+    assert [event.user_id async for event in subscription] == [7]
+    late = events.subscribe()
+    assert late.closed
+    with pytest.raises(trio.EndOfChannel):
+        late.receive_nowait()
+
+
+def test_broadcast_reaches_every_guild_and_bad_sizes_are_refused() -> None:
+    events = hub()
+    a = events.subscribe(("GATEWAY_SESSION_LOST",), guild_id=GUILD_A)
+    b = events.subscribe((), guild_id=GUILD_B)
+    events.hub.broadcast(("GATEWAY_SESSION_LOST", {"reason": "x"}), name="GATEWAY_SESSION_LOST")
+    assert len(drain(a)) == 1 and len(drain(b)) == 1
+    for size in (0, -1, True, 1.5):
+        with pytest.raises(UsageError, match="buffer_size"):
+            events.hub.subscribe(size)  # type: ignore[arg-type]

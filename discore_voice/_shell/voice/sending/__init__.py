@@ -1,0 +1,1 @@
+"""The send path: the PCM producer, the stepper the send clock drives, and the send task."""
