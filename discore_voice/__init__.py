@@ -6,6 +6,8 @@ private and may change without notice.
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._audio.ogg import AudioSourceError, OggFormatError, UnsupportedAudio
 from ._audio.opus import Application, EncoderSettings
 from ._audio.sources import (
@@ -59,6 +61,7 @@ from ._errors import (
     UnknownOpcode,
     UsageError,
 )
+from ._public import present_as as _present_as
 from ._shell.bridge import ForwardedBridge, GatewayVoiceBridge
 from ._shell.hub import Subscription
 from ._shell.shard.connection import Shard, open_shard, shard_for_guild
@@ -148,3 +151,8 @@ __all__ = [
     "shard_for_guild",
     "voice_connection",
 ]
+
+# Nothing is printed unless the application configures logging (the library convention).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+_present_as(__name__, globals(), __all__)

@@ -342,7 +342,7 @@ def _reset_for_tests() -> None:
     """Forget the cached outcome so a test can load again with a patched :func:`_import_pyogg`.
 
     pyogg itself stays in ``sys.modules``: simulating a missing library for real pyogg therefore
-    needs a fresh interpreter (see tests/test_native.py).
+    needs a fresh interpreter (see tests/audio/test_native.py).
     """
     global _result
     with _lock:

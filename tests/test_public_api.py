@@ -84,3 +84,21 @@ def test_import_does_not_load_native_audio_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_public_objects_present_as_the_package_and_nothing_is_logged_by_default() -> None:
+    import logging
+
+    import discore_voice.testing
+
+    for package in (discore_voice, discore_voice.testing):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            defined_here = getattr(obj, "__module__", "").startswith("discore_voice")
+            if (isinstance(obj, type) or callable(obj)) and defined_here:
+                assert obj.__module__ == package.__name__, name
+    assert "discore_voice._" not in repr(discore_voice.VoiceConnection)
+    assert any(
+        isinstance(handler, logging.NullHandler)
+        for handler in logging.getLogger("discore_voice").handlers
+    )

@@ -27,7 +27,7 @@ Surface of :class:`LocalDiscord` (the object ``open_local_discord`` yields):
   timestamps differ, so consecutive guilds land on consecutive shards (``shard=(id, count)`` picks
   one explicitly).
 - Voice: ``voice_state(guild_id, user_id)`` -> :class:`VoiceState` | None; ``voice_session(guild_id,
-  user_id)`` -> :class:`VoiceSession` | None (session id, token, endpoint); ``voice_sessions``;
+  user_id)`` -> :class:`SimVoiceSession` | None (session id, token, endpoint); ``voice_sessions``;
   ``validate_voice_identify(server_id, user_id, session_id, token)``; ``voice_endpoint`` (settable,
   ``"host:port"`` or None); ``voice_events_order`` (``("state", "server")`` or the reverse);
   ``set_voice_state(guild_id, user_id, channel_id, ...)`` places a simulated human.
@@ -84,6 +84,7 @@ Documented choices where Discord's docs are silent or the simulator simplifies:
 
 from __future__ import annotations
 
+from .._public import present_as as _present_as
 from ._dave_gateway import DaveChannel, DaveGateway, DaveMode
 from ._dave_members import SimDaveMember
 from ._faults import ABRUPT, UdpFaults
@@ -104,7 +105,7 @@ from ._world import (
     SimChannel,
     SimGuild,
     SimUser,
-    VoiceSession,
+    SimVoiceSession,
     VoiceState,
 )
 
@@ -129,11 +130,13 @@ __all__ = [
     "SimGuild",
     "SimMember",
     "SimUser",
+    "SimVoiceSession",
     "StreamStats",
     "UdpFaults",
     "VoiceGatewaySession",
     "VoiceServer",
-    "VoiceSession",
     "VoiceState",
     "open_local_discord",
 ]
+
+_present_as(__name__, globals(), __all__)

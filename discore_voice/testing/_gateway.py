@@ -7,10 +7,8 @@ client never takes down the simulator's nursery (and the other clients' sessions
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import ssl
 import zlib
 from collections import deque
@@ -30,15 +28,14 @@ from ._world import (
     GatewaySession,
     World,
 )
+from ._ws_server import CLOSE_TIMEOUT, ServedConnection, Violation, serve_websockets
 
-__all__ = ["ConnectionInfo", "GatewayServer"]
+__all__ = ["ConnectionInfo", "GatewayClientConnection", "GatewayServer"]
 
 logger = logging.getLogger("discore_voice.testing.gateway")
 
 #: Discord closes with 4002 above this many bytes per client payload.
 MAX_PAYLOAD_BYTES = 4096
-_HANDSHAKE_TIMEOUT = 10.0
-_CLOSE_TIMEOUT = 2.0
 _CLIENT_OPS_AFTER_IDENTIFY = frozenset({3, 4, 8, 31, 43})
 
 
@@ -59,21 +56,6 @@ class ConnectionInfo:
         return self.close_code is not None
 
 
-@dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
-
-
-class _Violation(Exception):
-    """The client broke the protocol; the connection closes with ``code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
     data = payload.get("d")
     if isinstance(data, dict) and "token" in data:
@@ -81,128 +63,79 @@ def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-class _Connection:
-    """The protocol state of one websocket; the world talks to it through send/close."""
+class GatewayClientConnection(ServedConnection):
+    """The protocol state of one gateway websocket; the world talks to it through send/close."""
 
     def __init__(
-        self, world: World, ws: trio_websocket.WebSocketConnection, info: ConnectionInfo
+        self,
+        world: World,
+        ws: trio_websocket.WebSocketConnection,
+        stream: trio.abc.Stream,
+        info: ConnectionInfo,
+        *,
+        version: str | None,
+        encoding: str | None,
+        compress: str | None,
     ) -> None:
+        # A simulator bug must look like Discord's own hiccup: 4000, resumable.
+        super().__init__(ws, stream, crash=(4000, "Unknown error."), log=logger)
         self._world = world
-        self._ws = ws
         self.info = info
-        self._queue_in, self._queue_out = trio.open_memory_channel[dict[str, Any] | _Close](
-            math.inf
-        )
         self._compressor = zlib.compressobj() if info.compress else None
         self._session: GatewaySession | None = None
-        self._closing = False
-        self._server_close: _Close | None = None
         self._recent: deque[float] = deque()
-        self._heartbeat_deadline = math.inf
+        self._query = (version, encoding, compress)
 
     # -- the world's side (_Outbox) ------------------------------------------------------------
 
     def send(self, payload: dict[str, Any]) -> None:
-        if self._closing:
+        if self.closing:
             return
         self.info.sent_ops.append(payload["op"])
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._queue_in.send_nowait(payload)
-
-    def close(self, code: int, reason: str) -> None:
-        if self._closing:
+        text = json.dumps(payload, separators=(",", ":"))
+        if self._compressor is None:
+            self.queue(text)
             return
-        self._closing = True
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._queue_in.send_nowait(_Close(code, reason))
+        data = self._compressor.compress(text.encode())
+        self.queue(data + self._compressor.flush(zlib.Z_SYNC_FLUSH))
+
+    def close(self, code: int, reason: str = "") -> bool:
+        if not super().close(code, reason):
+            return False
         if self._session is not None and code in NON_RESUMABLE_CLOSE_CODES:
             # At once, not when the socket is gone: a test that saw the close code can rely
             # on the session's state.
             self._world.invalidate(self._session)
+        return True
 
-    # -- running -------------------------------------------------------------------------------
+    # -- the skeleton's hooks --------------------------------------------------------------------
 
-    async def run(self, *, version: str | None, encoding: str | None, compress: str | None) -> None:
-        try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, nursery.cancel_scope)
-                    if version not in (None, "10"):
-                        self.close(4012, "Invalid API version")
-                    elif encoding not in (None, "json"):
-                        self.close(4002, "Unsupported encoding: the simulator speaks json only")
-                    elif compress not in (None, "zlib-stream"):
-                        self.close(4002, "Unsupported compression: only zlib-stream")
-                    else:
-                        self.send(self._hello())
-                        await self._reader(nursery.cancel_scope)
-            except Exception:
-                # A simulator bug must look like Discord's own hiccup (4000, resumable), and
-                # must not spread beyond this connection.
-                logger.exception("internal error on a gateway connection; closing it with 4000")
-                self._closing = True
-                self._server_close = _Close(4000, "Unknown error.")
-                with trio.move_on_after(_CLOSE_TIMEOUT):
-                    await self._ws.aclose(4000, "Unknown error.")
-        finally:
-            self._queue_in.close()
-            self._finish()
+    def greet(self) -> None:
+        version, encoding, compress = self._query
+        if version not in (None, "10"):
+            self.close(4012, "Invalid API version")
+        elif encoding not in (None, "json"):
+            self.close(4002, "Unsupported encoding: the simulator speaks json only")
+        elif compress not in (None, "zlib-stream"):
+            self.close(4002, "Unsupported compression: only zlib-stream")
+        else:
+            self.send(self._hello())
+
+    def heartbeat_timed_out(self) -> tuple[int, str]:
+        return 4009, "Session timed out: no heartbeat"
+
+    def finished(self, code: int, by: Literal["server", "client"]) -> None:
+        self.info.close_code, self.info.closed_by = code, by
+        if self._session is not None:
+            self._world.detach(self._session, self, code)
+        else:
+            self._world._changed()
 
     def _hello(self) -> dict[str, Any]:
         interval = self._world.heartbeat_interval
         if self._world.heartbeat_timeout is not None:
-            self._heartbeat_deadline = trio.current_time() + self._world.heartbeat_timeout
+            self.heartbeat_deadline = trio.current_time() + self._world.heartbeat_timeout
         return {"op": 10, "d": {"heartbeat_interval": interval}, "s": None, "t": None}
-
-    def _finish(self) -> None:
-        if self._server_close is not None:
-            self.info.close_code, self.info.closed_by = self._server_close.code, "server"
-        else:
-            reason = self._ws.closed
-            self.info.close_code = reason.code if reason is not None else 1006
-            self.info.closed_by = "client"
-        if self._session is not None:
-            self._world.detach(self._session, self, self.info.close_code)
-        else:
-            self._world._changed()
-
-    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
-        try:
-            async for item in self._queue_out:
-                if isinstance(item, _Close):
-                    self._server_close = item
-                    logger.info("closing a gateway connection with %d", item.code)
-                    with trio.move_on_after(_CLOSE_TIMEOUT):
-                        await self._ws.aclose(item.code, item.reason)
-                    break
-                text = json.dumps(item, separators=(",", ":"))
-                if self._compressor is not None:
-                    data = self._compressor.compress(text.encode())
-                    data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
-                    await self._ws.send_message(data)
-                else:
-                    await self._ws.send_message(text)
-        except trio_websocket.ConnectionClosed:
-            pass
-        cancel_scope.cancel()
-
-    async def _reader(self, cancel_scope: trio.CancelScope) -> None:
-        while not self._closing:
-            try:
-                with trio.move_on_at(self._heartbeat_deadline) as timeout:
-                    message = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed:
-                cancel_scope.cancel()
-                return
-            if timeout.cancelled_caught:
-                self.close(4009, "Session timed out: no heartbeat")
-                return
-            try:
-                self._handle(message)
-            except _Violation as violation:
-                logger.info("client violation, closing with %d", violation.code)
-                self.close(violation.code, violation.reason)
-                return
 
     # -- protocol ------------------------------------------------------------------------------
 
@@ -213,17 +146,17 @@ class _Connection:
         while self._recent and self._recent[0] <= now - window:
             self._recent.popleft()
         if len(self._recent) > limit:
-            raise _Violation(4008, "Rate limited.")
+            raise Violation(4008, "Rate limited.")
 
-    def _handle(self, message: str | bytes) -> None:
+    def handle(self, message: str | bytes) -> None:
         self._rate_limit()
         raw = message.encode() if isinstance(message, str) else message
         if len(raw) > MAX_PAYLOAD_BYTES:
-            raise _Violation(4002, "Payload too large.")
+            raise Violation(4002, "Payload too large.")
         try:
             payload = decode_json_object(raw, what="gateway payload")
         except ProtocolError:
-            raise _Violation(4002, "Error while decoding payload.") from None
+            raise Violation(4002, "Error while decoding payload.") from None
         if self._session is not None and not self._session.alive:
             # After op 9 (false) the connection is unauthenticated again: Discord answers 4003
             # to anything but a new Identify or Resume.
@@ -235,7 +168,7 @@ class _Connection:
         if self._session is not None:
             self._session.received.append(_redacted(payload))
         if not isinstance(op, int) or isinstance(op, bool):
-            raise _Violation(4001, "Unknown opcode.")
+            raise Violation(4001, "Unknown opcode.")
         data = payload.get("d")
         try:
             if op == 1:
@@ -246,19 +179,19 @@ class _Connection:
                 self._resume(data)
             elif op in _CLIENT_OPS_AFTER_IDENTIFY:
                 if self._session is None:
-                    raise _Violation(4003, "Not authenticated.")
+                    raise Violation(4003, "Not authenticated.")
                 self._after_identify(self._session, op, data)
             else:
-                raise _Violation(4001, "Unknown opcode.")
+                raise Violation(4001, "Unknown opcode.")
         except ProtocolError as exc:
-            raise _Violation(4001, "Invalid payload for an opcode.") from exc
+            raise Violation(4001, "Invalid payload for an opcode.") from exc
         self._world._changed()
 
     def _heartbeat(self, data: object) -> None:
         if data is not None and (not isinstance(data, int) or isinstance(data, bool)):
-            raise _Violation(4001, "Invalid heartbeat payload.")
+            raise Violation(4001, "Invalid heartbeat payload.")
         if self._world.heartbeat_timeout is not None:
-            self._heartbeat_deadline = trio.current_time() + self._world.heartbeat_timeout
+            self.heartbeat_deadline = trio.current_time() + self._world.heartbeat_timeout
         if self._session is not None and self._session.heartbeat_acks_stalled:
             return
         ack = {"op": 11, "d": None, "s": None, "t": None}
@@ -269,40 +202,40 @@ class _Connection:
 
     def _identify(self, data: object) -> None:
         if self._session is not None:
-            raise _Violation(4005, "Already authenticated.")
+            raise Violation(4005, "Already authenticated.")
         fields = Fields(data, "identify")
         token = fields.string("token")
         fields.mapping("properties")
         intents = fields.integer("intents")
         bot = self._world.bot_for_token(token)
         if bot is None:
-            raise _Violation(4004, "Authentication failed.")
+            raise Violation(4004, "Authentication failed.")
         if intents < 0 or intents & ~KNOWN_INTENTS:
-            raise _Violation(4013, "Invalid intent(s).")
+            raise Violation(4013, "Invalid intent(s).")
         if intents & PRIVILEGED_INTENTS & ~bot.privileged_intents:
-            raise _Violation(4014, "Disallowed intent(s).")
+            raise Violation(4014, "Disallowed intent(s).")
         shard: tuple[int, int] | None = None
         if isinstance(data, dict) and data.get("shard") is not None:
             try:
                 pair = fields.int_list("shard")
             except ProtocolError:
-                raise _Violation(4010, "Invalid shard.") from None
+                raise Violation(4010, "Invalid shard.") from None
             if len(pair) != 2 or not 0 <= pair[0] < pair[1]:
-                raise _Violation(4010, "Invalid shard.")
+                raise Violation(4010, "Invalid shard.")
             shard = (pair[0], pair[1])
         outbox = self
         # Fields accepted it, so it is the dict json.loads made.
         identify = {k: v for k, v in data.items() if k != "token"} if isinstance(data, dict) else {}
         session = GatewaySession(bot, "", identify, intents, shard)
         if len(self._world.guilds_for(session)) > self._world.max_guilds_per_shard:
-            raise _Violation(4011, "Sharding required.")
+            raise Violation(4011, "Sharding required.")
         self._session = self._world.start_session(bot, identify, intents, shard, outbox)
         self.info.session = self._session
         self._session.received.append(_redacted({"op": 2, "d": data}))
 
     def _resume(self, data: object) -> None:
         if self._session is not None:
-            raise _Violation(4005, "Already authenticated.")
+            raise Violation(4005, "Already authenticated.")
         fields = Fields(data, "resume")
         token = fields.string("token")
         session_id = fields.string("session_id")
@@ -310,14 +243,14 @@ class _Connection:
         assert seq is not None
         bot = self._world.bot_for_token(token)
         if bot is None:
-            raise _Violation(4004, "Authentication failed.")
+            raise Violation(4004, "Authentication failed.")
         session = self._world.find_session(session_id)
         if session is None or not session.alive or session.bot is not bot:
             logger.info("resume of an unknown or invalidated session: op 9")
             self.send({"op": 9, "d": False, "s": None, "t": None})
             return
         if not 0 <= seq <= session.seq:
-            raise _Violation(4007, "Invalid seq.")
+            raise Violation(4007, "Invalid seq.")
         self._session = session
         self.info.session = session
         session.received.append(_redacted({"op": 6, "d": data}))
@@ -358,7 +291,7 @@ class _Connection:
 
 
 class GatewayServer:
-    """Accepts websocket connections and hands each to a contained :class:`_Connection`."""
+    """Accepts websocket connections, each a contained :class:`GatewayClientConnection`."""
 
     def __init__(self, world: World, ssl_context: ssl.SSLContext | None) -> None:
         self._world = world
@@ -368,36 +301,19 @@ class GatewayServer:
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-        for listener in await trio.open_tcp_listeners(port, host=host):
-            if self._ssl_context is not None:
-                listeners.append(
-                    trio.SSLListener(listener, self._ssl_context, https_compatible=True)
-                )
-            else:
-                listeners.append(listener)
-        task_status.started(_port_of(listeners[0]))
-        await trio.serve_listeners(self._handle_stream, listeners)
+        await serve_websockets(
+            self._accept,
+            host,
+            port,
+            ssl_context=self._ssl_context,
+            max_message_size=1 << 20,
+            log=logger,
+            task_status=task_status,
+        )
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                request = None
-                with trio.move_on_after(_HANDSHAKE_TIMEOUT):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=1 << 20
-                    )
-                if request is None:
-                    nursery.cancel_scope.cancel()
-                    return
-                await self._serve(request)
-                nursery.cancel_scope.cancel()
-        except Exception:
-            logger.exception("a gateway connection failed; the simulator carries on")
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    async def _serve(self, request: trio_websocket.WebSocketRequest) -> None:
+    async def _accept(
+        self, request: trio_websocket.WebSocketRequest, stream: trio.abc.Stream
+    ) -> None:
         query = parse_qs(urlsplit(request.path).query)
 
         def param(name: str) -> str | None:
@@ -408,17 +324,17 @@ class GatewayServer:
         info = ConnectionInfo(request.path, compress == "zlib-stream")
         self.connections.append(info)
         ws = await request.accept()
-        connection = _Connection(self._world, ws, info)
+        connection = GatewayClientConnection(
+            self._world,
+            ws,
+            stream,
+            info,
+            version=param("v"),
+            encoding=param("encoding"),
+            compress=compress,
+        )
         try:
-            await connection.run(version=param("v"), encoding=param("encoding"), compress=compress)
+            await connection.run()
         finally:
-            with trio.move_on_after(_CLOSE_TIMEOUT):
+            with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose()
-
-
-def _port_of(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
-    if isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    assert isinstance(listener, trio.SocketListener)
-    port: int = listener.socket.getsockname()[1]
-    return port

@@ -10,9 +10,7 @@ each valid message to the server (see ``_voice_gateway``, which holds the policy
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,16 +46,16 @@ from .._errors import ProtocolError, UnknownOpcode
 from ._faults import ABRUPT
 from ._media import MediaEndpoint
 from ._voice_auth import VoiceGrant
+from ._ws_server import ServedConnection, Violation
 
 if TYPE_CHECKING:
     from ._voice_gateway import VoiceServer
 
-__all__ = ["VoiceConnectionInfo", "VoiceGatewaySession"]
+__all__ = ["VoiceClientConnection", "VoiceConnectionInfo", "VoiceGatewaySession"]
 
 logger = logging.getLogger("discore_voice.testing.voice")
 
 _C = VoiceCloseCode
-_CLOSE_TIMEOUT = 2.0
 _HALF_SEQ = SEQ_MODULUS // 2
 _BEFORE_IDENTIFY = frozenset({VoiceOpcode.IDENTIFY, VoiceOpcode.RESUME, VoiceOpcode.HEARTBEAT})
 _DAVE_JSON_OPS = frozenset(
@@ -82,15 +80,6 @@ class VoiceConnectionInfo:
     @property
     def closed(self) -> bool:
         return self.close_code is not None
-
-
-class _Violation(Exception):
-    """The client broke the protocol; its connection closes with ``code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def _ahead(seq: int, reference: int | None) -> bool:
@@ -144,7 +133,7 @@ class VoiceGatewaySession:
         self.endpoint = MediaEndpoint(self, grant.guild_id, grant.channel_id, ssrc)
         self._last_seq: int | None = None
         self._buffer: deque[tuple[int, int, str | bytes]] = deque()
-        self._connection: _Connection | None = None
+        self._connection: VoiceClientConnection | None = None
 
     def __repr__(self) -> str:
         return (
@@ -235,20 +224,14 @@ class VoiceGatewaySession:
         if seq_ack == NO_SEQ_ACK:
             return
         if seq_ack >= SEQ_MODULUS or _ahead(seq_ack, self._last_seq):
-            raise _Violation(_C.BAD_REQUEST, "seq_ack is ahead of what the server sent")
+            raise Violation(_C.BAD_REQUEST, "seq_ack is ahead of what the server sent")
 
 
 # --- connections ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
-
-
-class _Connection:
-    """The protocol state of one websocket; sessions talk to it through push/close/drop."""
+class VoiceClientConnection(ServedConnection):
+    """The protocol state of one voice websocket; sessions talk to it through push/close."""
 
     def __init__(
         self,
@@ -257,60 +240,48 @@ class _Connection:
         stream: trio.abc.Stream,
         info: VoiceConnectionInfo,
     ) -> None:
+        super().__init__(
+            ws, stream, crash=(_C.VOICE_SERVER_CRASHED, "Voice server crashed"), log=logger
+        )
         self._server = server
-        self._ws = ws
-        self._stream = stream
         self.info = info
-        self._send_in, self._send_out = trio.open_memory_channel[str | bytes | _Close](math.inf)
         self.session: VoiceGatewaySession | None = None
-        self._closing = False
-        self._server_close: _Close | None = None
         self._op_counts: dict[int, int] = {}
-        self._heartbeat_deadline = math.inf
 
     # -- the sessions' side --------------------------------------------------------------------
 
     def push(self, op: int, frame: str | bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         self.info.sent_ops.append(op)
-        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send_in.send_nowait(frame)
+        self.queue(frame)
 
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: int, reason: str = "") -> bool:
         """Close with ``code`` (or drop the TCP connection, for :data:`ABRUPT`)."""
-        if self._closing:
-            return
-        self._closing = True
-        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send_in.send_nowait(_Close(code, reason))
+        if not super().close(code, reason):
+            return False
         session = self.session
         if session is not None and code != ABRUPT:
             # At once, not when the socket is gone: a test that saw the code can rely on it.
             self._server._closing_session(session, code, by_server=True)
+        return True
 
-    # -- running -------------------------------------------------------------------------------
+    # -- the skeleton's hooks --------------------------------------------------------------------
 
-    async def run(self) -> None:
-        try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, nursery.cancel_scope)
-                    self._send_unnumbered(Hello(self._server.heartbeat_interval_ms))
-                    if self._server.heartbeat_timeout is not None:
-                        self._heartbeat_deadline = (
-                            trio.current_time() + self._server.heartbeat_timeout
-                        )
-                    await self._reader(nursery.cancel_scope)
-            except Exception:
-                logger.exception("internal error on a voice connection; closing it with 4015")
-                self._closing = True
-                self._server_close = _Close(_C.VOICE_SERVER_CRASHED, "Voice server crashed")
-                with trio.move_on_after(_CLOSE_TIMEOUT):
-                    await self._ws.aclose(_C.VOICE_SERVER_CRASHED, "Voice server crashed")
-        finally:
-            self._send_in.close()
-            self._finish()
+    def greet(self) -> None:
+        self._send_unnumbered(Hello(self._server.heartbeat_interval_ms))
+        if self._server.heartbeat_timeout is not None:
+            self.heartbeat_deadline = trio.current_time() + self._server.heartbeat_timeout
+
+    def heartbeat_timed_out(self) -> tuple[int, str]:
+        return _C.SESSION_TIMEOUT, "Session timeout: no heartbeat"
+
+    def handled(self) -> None:
+        self._server.changed()
+
+    def finished(self, code: int, by: Literal["server", "client"]) -> None:
+        self.info.close_code, self.info.closed_by = code, by
+        self._server._connection_ended(self, code, by_server=by == "server")
 
     def _send_unnumbered(self, message: ServerMessage) -> None:
         frame = encode_server_text(message, seq=None)
@@ -319,96 +290,44 @@ class _Connection:
         self.push(int(message.OPCODE), frame)
         self._server.changed()
 
-    def _finish(self) -> None:
-        by: Literal["server", "client"]
-        if self._server_close is not None:
-            code, by = self._server_close.code, "server"
-        else:
-            reason = self._ws.closed
-            code = reason.code if reason is not None else ABRUPT
-            by = "client"
-        self.info.close_code, self.info.closed_by = code, by
-        self._server._connection_ended(self, code, by_server=by == "server")
-
-    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
-        try:
-            async for item in self._send_out:
-                if isinstance(item, _Close):
-                    self._server_close = item
-                    if item.code == ABRUPT:
-                        logger.info("dropping a voice connection without a close frame")
-                        await trio.aclose_forcefully(self._stream)
-                    else:
-                        logger.info("closing a voice connection with %d", item.code)
-                        with trio.move_on_after(_CLOSE_TIMEOUT):
-                            await self._ws.aclose(item.code, item.reason)
-                    break
-                await self._ws.send_message(item)
-        except (
-            trio_websocket.ConnectionClosed,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-        ):
-            pass
-        cancel_scope.cancel()
-
-    async def _reader(self, cancel_scope: trio.CancelScope) -> None:
-        while not self._closing:
-            try:
-                with trio.move_on_at(self._heartbeat_deadline) as timeout:
-                    message = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed:
-                cancel_scope.cancel()
-                return
-            if timeout.cancelled_caught:
-                self.close(_C.SESSION_TIMEOUT, "Session timeout: no heartbeat")
-                return
-            try:
-                self._handle(message)
-            except _Violation as violation:
-                logger.info("voice client violation, closing with %d", violation.code)
-                self.close(violation.code, violation.reason)
-                return
-            self._server.changed()
-
     # -- protocol ------------------------------------------------------------------------------
 
-    def _handle(self, message: str | bytes) -> None:
+    def handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             self._handle_binary(message)
             return
         if len(message) > MAX_TEXT_FRAME:
-            raise _Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Payload too large")
+            raise Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Payload too large")
         try:
             raw = decode_json_object(message, what="voice client JSON frame")
             op = Fields(raw, "voice client JSON frame").integer("op")
         except ProtocolError:
-            raise _Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Failed to decode payload") from None
+            raise Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Failed to decode payload") from None
         self._received(op)
         if op not in CLIENT_MESSAGE_TYPES:
-            raise _Violation(_C.UNKNOWN_OPCODE, "Unknown opcode")
+            raise Violation(_C.UNKNOWN_OPCODE, "Unknown opcode")
         try:
             parsed = parse_client_payload(op, raw.get("d"))
         except ProtocolError:
-            raise _Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Invalid payload") from None
+            raise Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Invalid payload") from None
         self._dispatch(parsed)
 
     def _handle_binary(self, message: bytes) -> None:
         if len(message) > MAX_BINARY_FRAME:
-            raise _Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Payload too large")
+            raise Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Payload too large")
         if message:
             self._received(message[0])
             if message[0] not in CLIENT_BINARY_OPCODES:
-                raise _Violation(_C.UNKNOWN_OPCODE, "Unknown opcode")
+                raise Violation(_C.UNKNOWN_OPCODE, "Unknown opcode")
         try:
             parsed = decode_client_binary(message)
         except UnknownOpcode:
-            raise _Violation(_C.UNKNOWN_OPCODE, "Unknown opcode") from None
+            raise Violation(_C.UNKNOWN_OPCODE, "Unknown opcode") from None
         except ProtocolError:
-            raise _Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Failed to decode payload") from None
+            raise Violation(_C.FAILED_TO_DECODE_PAYLOAD, "Failed to decode payload") from None
         session = self.session
         if session is None:
-            raise _Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
+            raise Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
         hook = self._server.dave
         if hook is not None:
             hook.client_binary(session, parsed)
@@ -422,7 +341,7 @@ class _Connection:
         for fault in list(self._server.faults):
             if fault.on_op == op and fault.after == count and fault.user_id in (None, user):
                 self._server.faults.remove(fault)
-                raise _Violation(fault.code, fault.reason)
+                raise Violation(fault.code, fault.reason)
 
     def _dispatch(self, message: ClientMessage) -> None:
         op = message.OPCODE
@@ -431,17 +350,17 @@ class _Connection:
             self._heartbeat(message)
             return
         if session is None and op not in _BEFORE_IDENTIFY:
-            raise _Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
+            raise Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
         if isinstance(message, Identify):
             if session is not None:
-                raise _Violation(_C.ALREADY_AUTHENTICATED, "Already authenticated")
+                raise Violation(_C.ALREADY_AUTHENTICATED, "Already authenticated")
             self._server._identify(self, message)
         elif isinstance(message, Resume):
             if session is not None:
-                raise _Violation(_C.ALREADY_AUTHENTICATED, "Already authenticated")
+                raise Violation(_C.ALREADY_AUTHENTICATED, "Already authenticated")
             self._server._resume(self, message)
         elif session is None:
-            raise _Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
+            raise Violation(_C.NOT_AUTHENTICATED, "Not authenticated")
         elif isinstance(message, SelectProtocol):
             self._server._select_protocol(session, message)
         elif isinstance(message, ClientSpeaking):
@@ -453,7 +372,7 @@ class _Connection:
 
     def _heartbeat(self, message: Heartbeat) -> None:
         if self._server.heartbeat_timeout is not None:
-            self._heartbeat_deadline = trio.current_time() + self._server.heartbeat_timeout
+            self.heartbeat_deadline = trio.current_time() + self._server.heartbeat_timeout
         session = self.session
         if session is None:
             self._send_unnumbered(HeartbeatAck(message.nonce))

@@ -35,6 +35,7 @@ Documented choices where Discord's docs are silent:
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import ssl
@@ -77,12 +78,8 @@ from ._voice_auth import (
     _same,
     _VoiceSessionLike,
 )
-from ._voice_connection import (
-    VoiceConnectionInfo,
-    VoiceGatewaySession,
-    _Connection,
-    _Violation,
-)
+from ._voice_connection import VoiceClientConnection, VoiceConnectionInfo, VoiceGatewaySession
+from ._ws_server import CLOSE_TIMEOUT, Violation, serve_websockets
 
 __all__ = [
     "DaveHook",
@@ -100,8 +97,6 @@ __all__ = [
 logger = logging.getLogger("discore_voice.testing.voice")
 
 _C = VoiceCloseCode
-_HANDSHAKE_TIMEOUT = 10.0
-_CLOSE_TIMEOUT = 2.0
 
 
 class _GuildLike(Protocol):
@@ -245,44 +240,35 @@ class VoiceServer:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.media.serve, host, media_port)
-            listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-            for listener in await trio.open_tcp_listeners(port, host=host):
-                if self._ssl_context is not None:
-                    listeners.append(
-                        trio.SSLListener(listener, self._ssl_context, https_compatible=True)
-                    )
-                else:
-                    listeners.append(listener)
             self.host = host
-            self.port = _port_of(listeners[0])
+            self.port = await nursery.start(
+                functools.partial(
+                    serve_websockets,
+                    self._accept,
+                    host,
+                    port,
+                    ssl_context=self._ssl_context,
+                    max_message_size=MAX_TEXT_FRAME,
+                    log=logger,
+                )
+            )
             task_status.started(self.port)
             try:
-                await trio.serve_listeners(self._handle_stream, listeners)
+                await trio.sleep_forever()
             finally:
                 self.nursery = None
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def _accept(
+        self, request: trio_websocket.WebSocketRequest, stream: trio.abc.Stream
+    ) -> None:
+        info = VoiceConnectionInfo(request.path)
+        self.connections.append(info)
+        ws = await request.accept()
         try:
-            async with trio.open_nursery() as nursery:
-                request = None
-                with trio.move_on_after(_HANDSHAKE_TIMEOUT):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_TEXT_FRAME
-                    )
-                if request is not None:
-                    info = VoiceConnectionInfo(request.path)
-                    self.connections.append(info)
-                    ws = await request.accept()
-                    try:
-                        await _Connection(self, ws, stream, info).run()
-                    finally:
-                        with trio.move_on_after(_CLOSE_TIMEOUT):
-                            await ws.aclose()
-                nursery.cancel_scope.cancel()
-        except Exception:
-            logger.exception("a voice connection failed; the voice server carries on")
+            await VoiceClientConnection(self, ws, stream, info).run()
         finally:
-            await trio.aclose_forcefully(stream)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose()
 
     # -- change notification -------------------------------------------------------------------
 
@@ -382,17 +368,17 @@ class VoiceServer:
 
     # -- protocol steps (called by connections) ------------------------------------------------
 
-    def _identify(self, connection: _Connection, identify: Identify) -> None:
+    def _identify(self, connection: VoiceClientConnection, identify: Identify) -> None:
         grant = self.authority.authorize(
             identify.server_id, identify.user_id, identify.session_id, identify.token
         )
         if not isinstance(grant, VoiceGrant):
-            raise _Violation(grant, _describe(grant))
+            raise Violation(grant, _describe(grant))
         if (
             self.dave_protocol_version > 0
             and identify.max_dave_protocol_version < self.dave_protocol_version
         ):
-            raise _Violation(_C.DAVE_PROTOCOL_REQUIRED, "E2EE/DAVE protocol required")
+            raise Violation(_C.DAVE_PROTOCOL_REQUIRED, "E2EE/DAVE protocol required")
         previous = self.session_for(grant.user_id, grant.guild_id)
         if previous is not None:
             if previous._connection is not None:
@@ -408,7 +394,7 @@ class VoiceServer:
         self._join(session.endpoint)
         logger.info("voice session identified: user %d, ssrc %d", session.user_id, session.ssrc)
 
-    def _resume(self, connection: _Connection, resume: Resume) -> None:
+    def _resume(self, connection: VoiceClientConnection, resume: Resume) -> None:
         session = None
         for candidate in reversed(self.sessions):
             if candidate.guild_id == resume.server_id and _same(
@@ -417,9 +403,9 @@ class VoiceServer:
                 session = candidate
                 break
         if session is None or session.state == "ended":
-            raise _Violation(_C.SESSION_NO_LONGER_VALID, "Session no longer valid")
+            raise Violation(_C.SESSION_NO_LONGER_VALID, "Session no longer valid")
         if not _same(session._token, resume.token):
-            raise _Violation(_C.AUTHENTICATION_FAILED, "Authentication failed")
+            raise Violation(_C.AUTHENTICATION_FAILED, "Authentication failed")
         session._check_seq_ack(resume.seq_ack)
         previous = session._connection
         if previous is not None and previous is not connection:
@@ -433,7 +419,7 @@ class VoiceServer:
             self._send_session_description(session)
         logger.info("voice session resumed: user %d", session.user_id)
 
-    def _attach(self, connection: _Connection, session: VoiceGatewaySession) -> None:
+    def _attach(self, connection: VoiceClientConnection, session: VoiceGatewaySession) -> None:
         connection.session = session
         connection.info.session = session
         session._connection = connection
@@ -441,9 +427,9 @@ class VoiceServer:
 
     def _select_protocol(self, session: VoiceGatewaySession, select: SelectProtocol) -> None:
         if select.protocol != "udp":
-            raise _Violation(_C.UNKNOWN_PROTOCOL, "Unknown protocol")
+            raise Violation(_C.UNKNOWN_PROTOCOL, "Unknown protocol")
         if select.mode not in self.modes:
-            raise _Violation(_C.UNKNOWN_ENCRYPTION_MODE, "Unknown encryption mode")
+            raise Violation(_C.UNKNOWN_ENCRYPTION_MODE, "Unknown encryption mode")
         key = secrets.token_bytes(SECRET_KEY_LENGTH)
         session.select_protocol = select
         session.mode = select.mode
@@ -464,7 +450,7 @@ class VoiceServer:
 
     def _speaking(self, session: VoiceGatewaySession, speaking: ClientSpeaking) -> None:
         if speaking.ssrc != session.ssrc:
-            raise _Violation(_C.BAD_REQUEST, "Speaking with an SSRC that is not the session's")
+            raise Violation(_C.BAD_REQUEST, "Speaking with an SSRC that is not the session's")
         session.speaking_states.append(speaking.speaking)
         session.endpoint.speaking = speaking.speaking
         self._announce_speaking(session.endpoint)
@@ -476,7 +462,9 @@ class VoiceServer:
         if ends:
             self._end_session(session)
 
-    def _connection_ended(self, connection: _Connection, code: int, *, by_server: bool) -> None:
+    def _connection_ended(
+        self, connection: VoiceClientConnection, code: int, *, by_server: bool
+    ) -> None:
         session = connection.session
         if session is None:
             self.changed()
@@ -586,14 +574,6 @@ def _describe(code: int) -> str:
         return VoiceCloseCode(code).name.replace("_", " ").capitalize()
     except ValueError:
         return "Closed by the simulator"
-
-
-def _port_of(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
-    if isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    assert isinstance(listener, trio.SocketListener)
-    port: int = listener.socket.getsockname()[1]
-    return port
 
 
 @asynccontextmanager

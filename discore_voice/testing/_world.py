@@ -34,7 +34,7 @@ __all__ = [
     "SimChannel",
     "SimGuild",
     "SimUser",
-    "VoiceSession",
+    "SimVoiceSession",
     "VoiceState",
     "World",
 ]
@@ -208,7 +208,7 @@ class VoiceState:
 
 
 @dataclass(frozen=True)
-class VoiceSession:
+class SimVoiceSession:
     """What a voice gateway needs to accept a bot's Identify: the pair VOICE_*_UPDATE carried."""
 
     guild_id: Snowflake
@@ -236,7 +236,7 @@ class _Outbox(Protocol):
 
     def send(self, payload: dict[str, Any]) -> None: ...
 
-    def close(self, code: int, reason: str) -> None: ...
+    def close(self, code: int, reason: str = "") -> object: ...
 
 
 @dataclass(eq=False)
@@ -697,11 +697,11 @@ class World:
             record.self_deaf,
         )
 
-    def voice_session(self, guild_id: Snowflake, user_id: Snowflake) -> VoiceSession | None:
+    def voice_session(self, guild_id: Snowflake, user_id: Snowflake) -> SimVoiceSession | None:
         record = self._voice.get(_key(guild_id, user_id))
         if record is None or record.token is None:
             return None
-        return VoiceSession(
+        return SimVoiceSession(
             record.guild_id,
             record.user_id,
             record.channel_id,
@@ -711,7 +711,7 @@ class World:
         )
 
     @property
-    def voice_sessions(self) -> list[VoiceSession]:
+    def voice_sessions(self) -> list[SimVoiceSession]:
         """The voice sessions a voice gateway would accept right now."""
         sessions = (self.voice_session(g, u) for g, u in self._voice)
         return [s for s in sessions if s is not None]

@@ -405,8 +405,9 @@ async def test_cancelling_play_ends_with_silence() -> None:
             environment() as env,
             voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
         ):
+            source = PcmSource.from_bytes(sine_pcm(5.0))  # made first: it takes ~0.1 s
             with trio.move_on_after(0.3) as scope:
-                await vc.play(PcmSource.from_bytes(sine_pcm(5.0)))
+                await vc.play(source)
             assert scope.cancelled_caught
             assert vc.bytes_to_send == 0
             await env.wait_silence(5)

@@ -231,8 +231,7 @@ class Shard:
 
     def serves_guild(self, guild_id: int | str) -> bool:
         """Whether Discord routes ``guild_id``'s events (and voice) through this shard."""
-        guild = validate_snowflake(guild_id, name="guild_id")
-        return (guild >> 22) % self._shard_count == self._shard_id
+        return shard_for_guild(guild_id, self._shard_count) == self._shard_id
 
     def subscribe(
         self,
@@ -507,7 +506,7 @@ class Shard:
                         connection, stream = opened
                         try:
                             with self._interruptible():
-                                outcome = await self._drive(connection)
+                                outcome = await self._run_connection(connection)
                         finally:
                             self._live = None
                             self._notify()
@@ -531,7 +530,7 @@ class Shard:
             self._active_scope.cancel()
         await self._finished.wait()
 
-    async def _drive(self, connection: trio_websocket.WebSocketConnection) -> _Outcome:
+    async def _run_connection(self, connection: trio_websocket.WebSocketConnection) -> _Outcome:
         """Run one connection until it must be replaced."""
         protocol = self._protocol
         protocol.begin_connection(jitter=random.random())

@@ -189,16 +189,6 @@ def _check_bridge(bridge: object, guild_id: Snowflake) -> None:
         )
 
 
-def offered_dave_protocol_version() -> int:
-    """The ``max_dave_protocol_version`` voice Identify advertises.
-
-    The highest version the installed davey supports; 0 when it is missing, so that a voice
-    server requiring DAVE closes with 4017 and the connection says how to install it. Read
-    through the module so that a test can patch it and see a davey-less build.
-    """
-    return _dave.max_supported_dave_version()
-
-
 class VoiceConnection:
     """A voice connection to one guild, through a shard or any gateway-voice bridge.
 
@@ -238,7 +228,10 @@ class VoiceConnection:
         user_id = validate_snowflake(bridge.user_id, name="bridge.user_id")
         self._task = SessionTask(
             VoiceProtocol(
-                guild, user_id, max_dave_protocol_version=offered_dave_protocol_version()
+                guild,
+                user_id,
+                # Read through the module, so that a test can patch it and see a davey-less build.
+                max_dave_protocol_version=_dave.max_supported_dave_version(),
             ),
             inbox=self._inbox,
             messages=messages,

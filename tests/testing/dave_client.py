@@ -37,7 +37,7 @@ from discore_voice._errors import DaveError, ProtocolError
 from discore_voice.testing import SimMember, VoiceServer
 from discore_voice.testing._voice_gateway import VoiceCredentials
 
-from .test_voice_sim_support import (
+from .voice_client import (
     WAIT,
     Handshake,
     RawVoice,

@@ -12,7 +12,7 @@ from discore_voice import UsageError
 from discore_voice.testing import open_local_discord
 
 from .conftest import ConnectGateway
-from .test_sim_rest import Http
+from .test_rest import Http
 
 
 async def test_wss_and_https_verify_against_the_generated_ca(connect: ConnectGateway) -> None:

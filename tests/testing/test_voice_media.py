@@ -21,7 +21,7 @@ from discore_voice._core.transport import (
 from discore_voice._core.voice.payloads import ClientSpeaking, ServerSpeaking
 from discore_voice.testing._stats import StreamStats, percentile
 
-from .test_voice_sim_support import (
+from .voice_client import (
     BOT,
     CHANNEL,
     GUILD,

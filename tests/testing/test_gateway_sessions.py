@@ -9,7 +9,7 @@ from discore_voice import UsageError
 from discore_voice.testing import LocalDiscord
 
 from .conftest import ConnectGateway
-from .test_sim_voice import op4
+from .test_gateway_voice import op4
 
 
 async def test_resume_replays_missed_dispatches_then_resumed(

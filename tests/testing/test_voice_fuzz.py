@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from discore_voice._core.voice.payloads import HeartbeatAck, Ready
 
-from .test_voice_sim_support import (
+from .voice_client import (
     BOT,
     CHANNEL,
     GUILD,

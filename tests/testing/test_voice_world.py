@@ -12,7 +12,7 @@ from discore_voice.testing import open_local_discord
 from discore_voice.testing._voice_gateway import VoiceServer, WorldVoiceAuthority
 
 from .conftest import RawGateway, connect_gateway
-from .test_voice_sim_support import WAIT, connect_voice
+from .voice_client import WAIT, connect_voice
 
 
 async def voice_events(gw: RawGateway) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 It opens its TCP stream itself and closes it explicitly (trio-websocket leaves a client socket
 open when the peer closes first, which would surface as a ResourceWarning in a later test), and
-speaks UDP through a plain trio socket. No test lives here; the other ``test_voice_sim_*``
+speaks UDP through a plain trio socket. No test lives here; the other ``test_voice_*``
 modules import it.
 """
 

@@ -1,6 +1,6 @@
 """DAVE calls through the simulator: a raw bot and simulated members in one MLS group.
 
-The bot is a real DAVE client (``test_dave_sim_support``); each member has its own. What the bot
+The bot is a real DAVE client (``dave_client``); each member has its own. What the bot
 sends is checked by the members, who decrypt it end to end: the simulator's server side never
 holds group secrets, exactly like Discord's.
 """
@@ -11,7 +11,7 @@ from discore_voice._core.voice.opcodes import VoiceOpcode
 from discore_voice._core.voice.payloads import DaveExecuteTransition
 from discore_voice.testing import SimMember
 
-from .test_dave_sim_support import (
+from .dave_client import (
     dave_bot,
     heard_all,
     in_one_group,
@@ -19,7 +19,7 @@ from .test_dave_sim_support import (
     tone_frames,
     wait,
 )
-from .test_voice_sim_support import BOT, CHANNEL, GUILD, voice_server
+from .voice_client import BOT, CHANNEL, GUILD, voice_server
 
 USERS = [444_444_444_444_444_001 + i for i in range(6)]
 

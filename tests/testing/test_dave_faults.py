@@ -20,7 +20,7 @@ from discore_voice._core.voice.payloads import (
 )
 from discore_voice.testing import SimMember, VoiceServer
 
-from .test_dave_sim_support import (
+from .dave_client import (
     dave_bot,
     heard_all,
     in_one_group,
@@ -29,7 +29,7 @@ from .test_dave_sim_support import (
     tone_frames,
     wait,
 )
-from .test_voice_sim_support import BOT, CHANNEL, GUILD, voice_server
+from .voice_client import BOT, CHANNEL, GUILD, voice_server
 
 USERS = [555_555_555_555_555_001 + i for i in range(4)]
 

@@ -26,8 +26,8 @@ from discore_voice.testing._dave_gateway import DaveMode
 from discore_voice.testing._voice_gateway import StaticVoiceAuthority, VoiceCredentials
 
 from .conftest import connect_gateway
-from .test_dave_sim_support import dave_bot, heard_all, in_one_group, matches, tone_frames, wait
-from .test_voice_sim_support import (
+from .dave_client import dave_bot, heard_all, in_one_group, matches, tone_frames, wait
+from .voice_client import (
     BOT,
     CHANNEL,
     GUILD,

@@ -31,7 +31,7 @@ from discore_voice._core.voice.payloads import (
 from discore_voice.testing._media import MediaEndpoint
 from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
 
-from .test_voice_sim_support import (
+from .voice_client import (
     BOT,
     CHANNEL,
     GUILD,

@@ -24,7 +24,7 @@ import pytest
 from discore_voice import _native
 from discore_voice._errors import NativeLibraryMissing
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_COMMAND = "sudo apt-get install -y libopus0 libopusfile0 libogg0"
 
 

@@ -10,7 +10,7 @@ from discore_voice._core.voice.payloads import ClientsConnect, Identify, Ready
 from discore_voice.testing import open_local_discord
 
 from .conftest import RawGateway, connect_gateway
-from .test_voice_sim_support import WAIT, connect_voice
+from .voice_client import WAIT, connect_voice
 
 
 async def _voice_events(gw: RawGateway) -> dict[str, dict[str, Any]]:

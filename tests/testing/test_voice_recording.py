@@ -23,7 +23,7 @@ from discore_voice.testing._recording import (
     opus_packet_samples,
 )
 
-from .test_voice_sim_support import best_correlation, left_channel, sine_pcm
+from .voice_client import best_correlation, left_channel, sine_pcm
 
 
 def reference_crc(data: bytes) -> int:

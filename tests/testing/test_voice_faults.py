@@ -21,7 +21,7 @@ from discore_voice._core.voice.payloads import (
 from discore_voice.testing._faults import ABRUPT, UdpFaults, WebSocketFault
 from discore_voice.testing._voice_gateway import VoiceServer
 
-from .test_voice_sim_support import (
+from .voice_client import (
     BOT,
     CHANNEL,
     GUILD,
