@@ -197,6 +197,15 @@ class VoiceGatewaySession:
     def notify_binary(self, message: ServerBinaryMessage) -> None:
         self.send_binary(message)
 
+    def send_raw(self, frame: str | bytes) -> None:
+        """Send ``frame`` exactly as given on the live connection: unnumbered, not buffered.
+
+        For tests of what a client does with frames no encoder would build (garbage, truncated
+        DAVE ops). Nothing happens without a live connection.
+        """
+        if self._connection is not None:
+            self._connection.push(0, frame)
+
     def _remember(self, seq: int, op: int, frame: str | bytes) -> None:
         self._buffer.append((seq, op, frame))
         while len(self._buffer) > self._server.max_buffered:

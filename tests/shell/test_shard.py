@@ -267,7 +267,7 @@ async def test_slow_subscriber_does_not_hold_up_the_shard(
             fast = shard.subscribe("GUILD_CREATE")
             gone = shard.subscribe("GUILD_CREATE", buffer_size=1)
             gone.close()
-            assert len(shard._hub) == 2  # unsubscribing removed it
+            assert shard.subscriber_count == 2  # unsubscribing removed it
             guilds = [discord.add_guild(name=f"g{i}") for i in range(10)]
             received = [await fast.receive() for _ in guilds]
             assert [data["id"] for _, data in received] == [str(g.id) for g in guilds]
@@ -285,7 +285,7 @@ async def test_slow_subscriber_does_not_hold_up_the_shard(
                 slow.receive_nowait()
             fast.close()
             assert fast.closed
-            assert len(shard._hub) == 1
+            assert shard.subscriber_count == 1
             discord.add_guild(name="after unsubscribing")
             assert (await slow.receive())[0] == "GUILD_CREATE"
     assert "not keeping up" in caplog.text

@@ -30,7 +30,7 @@ async def test_token_never_leaks(
         ) as shard:
             session = discord.sessions[0]
             events = shard.subscribe("RESUMED", "READY", "VOICE_SERVER_UPDATE")
-            texts += [repr(shard), str(shard), repr(events), repr(shard._protocol)]
+            texts += [repr(shard), str(shard), repr(events)]  # the protocol's: tests/core/gateway
             await shard.update_voice_state(guild.id, channel.id)
             assert (await events.receive())[0] == "VOICE_SERVER_UPDATE"
             discord.reconnect(session)

@@ -75,7 +75,7 @@ def collect(events: VoiceEvents) -> list[Any]:
     got: list[Any] = []
     while True:
         try:
-            got.append(events._receive.receive_nowait())
+            got.append(events.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return got
 
@@ -287,7 +287,7 @@ async def test_messages_missed_while_disconnected_are_redelivered() -> None:
                 session = env.session()
                 env.voice.close(session, ABRUPT)
                 # Sent while no connection carries the session: buffered for the resume.
-                await env.voice.wait_for(lambda: session._connection is None)
+                await env.voice.wait_for(lambda: not session.connected)
                 human = env.guild.add_member("human")
                 env.voice.add_member(env.guild.id, env.channel.id, human.user_id)
                 assert await next_event(events, MemberConnected) == MemberConnected(human.user_id)
@@ -330,7 +330,7 @@ async def test_server_move(null_first: bool) -> None:
                 first_ssrc = vc.ssrc
                 if null_first:
                     env.discord.send_voice_server_update(env.guild.id, None)
-                    await vc._wait(lambda: not vc.is_connected)
+                    await settled_until(lambda: not vc.is_connected)
                     assert vc.is_connecting and vc.is_valid
                 env.discord.voice_endpoint = other.endpoint_url
                 env.discord.send_voice_server_update(env.guild.id, other.endpoint_url)
@@ -363,7 +363,7 @@ async def test_channel_switch_and_mute_deaf_visible_in_the_simulator() -> None:
                     return state is not None and state.self_mute and state.self_deaf
 
                 await env.discord.wait_for(muted)
-                await vc._wait(lambda: vc.self_mute and vc.self_deaf)
+                await settled_until(lambda: vc.self_mute and vc.self_deaf)
                 assert vc.is_connected and vc.invalidation is None
 
 
@@ -777,6 +777,7 @@ async def test_the_timeout_starts_when_a_rate_limited_op4_goes_out(jump_clock: M
         async with environment() as env:
             # Two ordinary commands per 20 s: the third join waits at least a window for its op 4
             # (longer if a heartbeat took a slot), far longer than its 5 s handshake timeout.
+            # The shard's limiter, made small (a test seam: Discord's limit is not configurable).
             env.shard._limiter = SendRateLimiter(limit=3, window=20.0, reserved=1)
             channels = []
             for index in range(3):
@@ -800,6 +801,7 @@ async def test_the_timeout_starts_when_a_rate_limited_op4_goes_out(jump_clock: M
 async def test_an_op4_that_cannot_be_sent_times_out(jump_clock: MockClock) -> None:
     with trio.fail_after(WAIT * 10):
         async with environment() as env:
+            # A test seam, as above: one ordinary send per ten minutes.
             env.shard._limiter = SendRateLimiter(limit=2, window=600.0, reserved=1)
             other = env.discord.add_guild(name="other")
             async with voice_connection(env.shard, other.id, other.add_voice_channel().id):

@@ -4,46 +4,56 @@ Each simulated member is an independent MLS group member with its own davey sess
 bot encrypts is checked end to end by someone who is not the bot: the simulator's server side,
 like Discord's, never holds group secrets.
 
-Sending: the connection's send path lands separately. Until it does, these tests send Opus the
-way it will: each frame through ``vc._media_encryptor`` (which the DAVE layer sets), then the
-connection's own transport cipher and UDP socket (``vc.udp``). Nothing else about the path is
-faked. Where a test streams audio across a change, frames are paced on trio's clock as a real
-sender would; synchronisation is always on events, never on a sleep.
+Sending goes through the connection's own send path only (``play()`` of raw Opus packets, byte
+for byte, or ``send_voice_data()``), paced by its sender; what left the bot is read from the
+simulator's recording of it, transport-decrypted but still DAVE-encrypted. Nothing reaches into
+the connection: the tests see what a user sees (its properties, counters and events) and what the
+simulator saw. Receiving has no public API yet, so what the bot opened is read from its DAVE
+counters, not from the frames themselves. Synchronisation is always on events (the bot's, or the
+simulator's changes) or on the program being idle, never on a sleep.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
-from discore_voice._shell.shard.connection import open_shard
+import trio.testing
 
-from discore_voice._audio.opus import OpusEncoder
-from discore_voice._audio.signals import channel, find_alignment, sine_pcm
-from discore_voice._core.gateway.intents import Intents
-from discore_voice._core.speaking import OPUS_SILENCE_FRAME
-from discore_voice._core.transport import DecryptedPacket
-from discore_voice._core.voice import dave as core_dave
-from discore_voice._core.voice.dave import DaveChange, DaveStateChanged
-from discore_voice._core.voice.session import Connected, InvalidationReason
-from discore_voice._errors import DaveError
-from discore_voice._shell.voice_connection import (
+from discore_voice import (
+    OPUS_SILENCE_FRAME,
+    Connected,
+    DaveChange,
+    DaveError,
+    DaveStateChanged,
+    Intents,
+    InvalidationReason,
+    MemberSpeaking,
+    OggOpusSource,
     VoiceConnection,
     VoiceConnectionFailed,
+    VoiceEvents,
+    open_shard,
     voice_connection,
 )
-from discore_voice._shell.voice_events import VoiceEvents
-from discore_voice.testing import SimMember, open_local_discord
-from discore_voice.testing._faults import ABRUPT
+from discore_voice._audio.opus import OpusEncoder
+from discore_voice._audio.signals import channel, find_alignment, sine_pcm
+from discore_voice._core.speaking import SILENCE_FRAMES_AFTER_AUDIO
+from discore_voice._core.voice import dave as core_dave
+from discore_voice.testing import ABRUPT, SimMember, open_local_discord
+from discore_voice.testing._recording import ogg_opus_bytes
 
-from .conftest import WAIT, BotInGuild
+from .conftest import WAIT, BotInGuild, settled_until
 
 PCM_FRAME = 3840  # 20 ms of 48 kHz stereo s16le
-FRAME_SECONDS = 0.02
+DAVE_MAGIC = b"\xfa\xfa"  # every DAVE-encrypted frame ends with it
+TAIL = SILENCE_FRAMES_AFTER_AUDIO
+#: How long a looped stream could play (seconds of audio); tests cancel it long before.
+STREAM_LOOPS = 30
 
 
 def tone(seconds: float = 0.6, hz: float = 440.0) -> tuple[bytes, list[bytes]]:
@@ -66,6 +76,15 @@ class Env(BotInGuild):
     def member(self, channel_id: int | None = None) -> SimMember:
         return self.discord.add_voice_member(self.guild.id, channel_id or self.channel.id)
 
+    def sent(self) -> list[bytes]:
+        """Every payload the voice server received from the bot, in order: transport-decrypted,
+        still DAVE-encrypted (what Discord relays)."""
+        return [p.payload for p in self.voice.media.recording(self.bot_id).packets]
+
+    def sent_audio(self) -> list[bytes]:
+        """:meth:`sent` without the silence frames (which DAVE never encrypts)."""
+        return [p for p in self.sent() if p != OPUS_SILENCE_FRAME]
+
 
 @asynccontextmanager
 async def dave_environment(**options: Any) -> AsyncIterator[Env]:
@@ -78,30 +97,53 @@ async def dave_environment(**options: Any) -> AsyncIterator[Env]:
             yield Env(discord, shard, guild, voice_channel)
 
 
+# --- waiting -------------------------------------------------------------------------------
+
+
+async def _next_event(wakeups: VoiceEvents, done: trio.CancelScope) -> None:
+    async for _ in wakeups:
+        break
+    else:
+        await trio.sleep_forever()  # the connection is over: only the simulator can wake us
+    done.cancel()
+
+
+async def _simulator_holds(
+    env: Env, predicate: Callable[[], object], done: trio.CancelScope
+) -> None:
+    await env.voice.wait_for(predicate)
+    done.cancel()
+
+
 async def until(env: Env, vc: VoiceConnection, predicate: Callable[[], object]) -> None:
-    """Wait until ``predicate()`` holds, re-checked on every change of the bot or the simulator."""
-    with trio.fail_after(WAIT):
+    """Wait until ``predicate()`` holds, re-checked on each of the bot's events and on every
+    change of the simulator.
+
+    The bot is watched through a subscription of its own, used only to wake up. A connection
+    publishes its state when it has carried out the whole step that emitted an event, so after
+    an event the predicate is re-checked once every task is blocked.
+    """
+    with trio.fail_after(WAIT), vc.subscribe() as wakeups:
         while not predicate():
-            events = (vc._current_event(), env.voice._changed_event)
-            async with trio.open_nursery() as nursery:
-
-                async def fire(event: trio.Event, nursery: trio.Nursery = nursery) -> None:
-                    await event.wait()
-                    nursery.cancel_scope.cancel()
-
-                for event in events:
-                    nursery.start_soon(fire, event)
+            async with trio.open_nursery() as race:
+                race.start_soon(_next_event, wakeups, race.cancel_scope)
+                race.start_soon(_simulator_holds, env, predicate, race.cancel_scope)
+            await trio.testing.wait_all_tasks_blocked()
 
 
 def in_one_group(vc: VoiceConnection, members: list[SimMember]) -> Callable[[], bool]:
-    """The bot can encrypt, and every member is at its epoch with its privacy code."""
+    """The bot can encrypt, and every member is at its epoch with its privacy code.
+
+    ``voice_privacy_code`` is None unless the bot's group is ready; with version 1 that is what
+    "the bot encrypts" means. The version is needed too: a ready group keeps its code in a
+    transport-only call (after a downgrade, or an upgrade's commit before op 22 executes).
+    """
 
     def check() -> bool:
         code = vc.voice_privacy_code
         return (
             vc.dave_protocol_version == 1
             and code is not None
-            and vc._dave.can_encrypt
             and all(m.epoch == vc.dave_epoch and m.voice_privacy_code == code for m in members)
         )
 
@@ -112,50 +154,53 @@ def heard(members: list[SimMember], count: int) -> Callable[[], bool]:
     return lambda: all(m.frames_heard >= count for m in members)
 
 
-@dataclass
-class BotAudio:
-    """The bot's audio, through ``_media_encryptor`` and the connection's transport and UDP."""
+def all_arrived(env: Env, vc: VoiceConnection, *, silence_at_least: int = 0) -> Callable[[], bool]:
+    """Every frame the bot sent reached the voice server, and at least so many silence frames
+    went out (so a run's tail is over)."""
 
-    vc: VoiceConnection
-    sequence: int = 0
-    timestamp: int = 0
-    sent: list[bytes] = field(default_factory=list)
+    def check() -> bool:
+        stats = vc.send_stats
+        return (
+            stats.silence_frames >= silence_at_least
+            and len(env.sent()) == stats.frames_sent + stats.silence_frames
+        )
 
-    async def send(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            await self.send_one(frame)
-
-    async def send_one(self, frame: bytes) -> bytes:
-        udp = self.vc.udp
-        assert udp is not None and udp.cipher is not None
-        payload = self.vc._media_encryptor(frame)
-        self.sent.append(payload)
-        await udp.send(udp.cipher.encrypt_opus(self.sequence, self.timestamp, udp.ssrc, payload))
-        self.sequence = (self.sequence + 1) & 0xFFFF
-        self.timestamp = (self.timestamp + 960) & 0xFFFFFFFF
-        return payload
-
-    async def stream(
-        self, frames: list[bytes], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Paced on trio's clock like a real sender, until cancelled."""
-        task_status.started()
-        index = 0
-        while True:
-            await self.send_one(frames[index % len(frames)])
-            index += 1
-            await trio.sleep(FRAME_SECONDS)
+    return check
 
 
-def dave_events(events: VoiceEvents) -> list[DaveStateChanged]:
-    got: list[DaveStateChanged] = []
-    while True:
-        try:
-            event = events._receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            return got
-        if isinstance(event, DaveStateChanged):
-            got.append(event)
+# --- sending through the connection's own path ---------------------------------------------
+
+
+def opus_source(frames: list[bytes]) -> OggOpusSource:
+    return OggOpusSource.from_bytes(ogg_opus_bytes(frames), name="frames.opus")
+
+
+async def play(env: Env, vc: VoiceConnection, frames: list[bytes]) -> list[bytes]:
+    """Play ``frames`` byte for byte; return what the voice server received of them, in order.
+
+    Waits for the run's silence tail: everything sent before a later run is then on record.
+    """
+    before = len(env.sent())
+    silence = vc.send_stats.silence_frames
+    with trio.fail_after(WAIT):
+        assert await vc.play(opus_source(frames)) == len(frames)
+    await until(env, vc, all_arrived(env, vc, silence_at_least=silence + TAIL))
+    run = env.sent()[before:]
+    assert run[len(frames) :] == [OPUS_SILENCE_FRAME] * TAIL
+    return run[: len(frames)]
+
+
+@asynccontextmanager
+async def streaming(env: Env, vc: VoiceConnection, frames: list[bytes]) -> AsyncIterator[None]:
+    """``frames`` on a loop through ``play()`` for the block, paced by the connection's sender;
+    leaving cancels it, and waits until its silence tail reached the voice server."""
+    source = opus_source(frames * STREAM_LOOPS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(vc.play, source)
+        yield
+        silence = vc.send_stats.silence_frames
+        nursery.cancel_scope.cancel()
+    await until(env, vc, all_arrived(env, vc, silence_at_least=silence + TAIL))
 
 
 # --- joining -------------------------------------------------------------------------------
@@ -172,18 +217,20 @@ async def test_the_bot_joins_with_one_then_three_members_who_all_decrypt_it() ->
             members = [first]
             await until(env, vc, in_one_group(vc, members))
             assert vc.dave_epoch == 1 and first.dave_protocol_version == 1
-            audio = BotAudio(vc)
-            await audio.send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard(members, len(frames)))
 
             members += [env.member(), env.member()]
             await until(env, vc, in_one_group(vc, members))
             assert vc.dave_epoch is not None and vc.dave_epoch > 1
-            await audio.send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard(members, len(frames)))
 
-            assert all(p[-2:] == b"\xfa\xfa" for p in audio.sent)
+            sent = env.sent_audio()
+            assert len(sent) == 2 * len(frames)
+            assert all(p.endswith(DAVE_MAGIC) for p in sent)
             assert vc.dave_stats["encrypted"] == 2 * len(frames)
+            assert vc.dave_stats.get("encrypt_failed", 0) == 0
             assert len({m.voice_privacy_code for m in members} | {vc.voice_privacy_code}) == 1
             for member in members:
                 assert member.dave_decrypt_failures == 0
@@ -208,8 +255,8 @@ async def test_the_first_frame_after_the_group_is_ready_decrypts() -> None:
                     if isinstance(event, DaveStateChanged) and event.can_encrypt:
                         break
             # At once, with no other wait: the member must already hold the keys.
-            payload = await BotAudio(vc).send_one(frames[5])
-            assert payload.endswith(b"\xfa\xfa")
+            (payload,) = await play(env, vc, [frames[5]])
+            assert payload.endswith(DAVE_MAGIC)
             await until(env, vc, heard([member], 1))
             assert member.frames_decrypted == 1 and member.dave_decrypt_failures == 0
 
@@ -223,11 +270,14 @@ async def test_before_the_group_is_ready_frames_go_transport_only_and_silence_al
         # Alone in the call: a lone member's group is never ready (whitepaper).
         await until(env, vc, lambda: vc.dave_protocol_version == 1)
         assert vc.voice_privacy_code is None
-        assert vc._media_encryptor(frames[2]) == frames[2]
+        assert await play(env, vc, [frames[2]]) == [frames[2]]
+        assert vc.dave_stats.get("encrypted", 0) == 0
         member = env.member()
         await until(env, vc, in_one_group(vc, [member]))
-        assert vc._media_encryptor(OPUS_SILENCE_FRAME) == OPUS_SILENCE_FRAME
-        assert vc._media_encryptor(frames[2]) != frames[2]
+        before, silence, after = await play(env, vc, [frames[2], OPUS_SILENCE_FRAME, frames[2]])
+        assert silence == OPUS_SILENCE_FRAME
+        for payload in (before, after):
+            assert payload != frames[2] and payload.endswith(DAVE_MAGIC)
 
 
 async def test_verification_codes_match_the_members_and_are_cached() -> None:
@@ -254,9 +304,7 @@ async def test_a_member_joins_mid_stream_and_another_leaves() -> None:
         first = env.member()
         async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
             await until(env, vc, in_one_group(vc, [first]))
-            audio = BotAudio(vc)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(audio.stream, frames)
+            async with streaming(env, vc, frames):
                 await until(env, vc, heard([first], 10))
                 epoch = vc.dave_epoch
                 second = env.member()
@@ -277,12 +325,13 @@ async def test_a_member_joins_mid_stream_and_another_leaves() -> None:
                     vc,
                     lambda: vc.dave_epoch != epoch and in_one_group(vc, [first])(),
                 )
-                assert vc._dave.client is not None
-                assert second.user_id not in vc._dave.client.group_user_ids
+                # Not in the bot's group any more: there is no code to compare with it.
+                with pytest.raises(DaveError):
+                    await vc.verification_code(second.user_id)
                 before = first.frames_heard
                 await until(env, vc, heard([first], before + 10))
-                nursery.cancel_scope.cancel()
-            payload = await audio.send_one(frames[7])
+            (payload,) = await play(env, vc, [frames[7]])
+            assert payload.endswith(DAVE_MAGIC)
             assert second.dave is not None
             assert second.dave.client.decrypt_opus(env.bot_id, payload) is None
             assert first.dave_decrypt_failures == 0
@@ -297,7 +346,7 @@ async def test_two_members_joining_at_once_end_in_one_group() -> None:
             await until(env, vc, in_one_group(vc, [first]))
             members = [first, env.member(), env.member()]
             await until(env, vc, in_one_group(vc, members))
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard(members, len(frames)))
             assert all(m.dave_decrypt_failures == 0 for m in members)
             assert env.voice.dave_gateway.errors == []
@@ -314,9 +363,7 @@ async def test_downgrade_to_zero_and_back_up_with_audio_continuous() -> None:
         events = conn.subscribe()
         async with conn.connect(env.channel.id) as vc:
             await until(env, vc, in_one_group(vc, [member]))
-            audio = BotAudio(vc)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(audio.stream, frames)
+            async with streaming(env, vc, frames):
                 await until(env, vc, heard([member], 10))
 
                 env.voice.dave_downgrade(env.channel.id)
@@ -325,22 +372,27 @@ async def test_downgrade_to_zero_and_back_up_with_audio_continuous() -> None:
                     vc,
                     lambda: vc.dave_protocol_version == 0 and member.dave_protocol_version == 0,
                 )
-                assert vc._media_encryptor(frames[3]) == frames[3]
-                sent = len(audio.sent)
-                await until(env, vc, lambda: len(audio.sent) >= sent + 10)
-                assert all(not p.endswith(b"\xfa\xfa") for p in audio.sent[sent + 1 :])
-                await until(env, vc, heard([member], sent + 5))
+                # Once the program is idle, whatever the bot sent before it switched is on
+                # record (a datagram over loopback is queued when ``send`` returns): every
+                # frame from here on must be the source's, byte for byte.
+                await trio.testing.wait_all_tasks_blocked()
+                sent = len(env.sent())
+                audio_sent = len(env.sent_audio())
+                await until(env, vc, lambda: len(env.sent()) >= sent + 10)
+                assert all(p in frames for p in env.sent()[sent:])
+                await until(env, vc, heard([member], audio_sent + 5))
 
                 env.voice.dave_upgrade(env.channel.id)
                 await until(env, vc, in_one_group(vc, [member]))
                 decrypted = member.frames_decrypted
                 await until(env, vc, lambda: member.frames_decrypted >= decrypted + 10)
-                nursery.cancel_scope.cancel()
-            await until(env, vc, heard([member], len(audio.sent)))
+            total = len(env.sent_audio())
+            assert total == vc.send_stats.frames_sent
+            await until(env, vc, heard([member], total))
             assert member.dave_decrypt_failures == 0
-            assert member.frames_heard == len(audio.sent)
+            assert member.frames_heard == total
             assert matches(pcm, member.heard_pcm(env.bot_id)) > 0.8
-        causes = [e.cause for e in dave_events(events)]
+        causes = [e.cause for e in [e async for e in events] if isinstance(e, DaveStateChanged)]
         assert DaveChange.DOWNGRADED in causes and DaveChange.UPGRADED in causes
 
 
@@ -358,11 +410,11 @@ async def test_a_corrupted_commit_leads_to_op_31_and_a_rejoin() -> None:
             state = gateway.channel(env.channel.id)
             await until(env, vc, lambda: any(u == env.bot_id for u, _ in state.invalid_reports))
             await until(env, vc, in_one_group(vc, [first, second]))
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard([first, second], len(frames)))
             assert first.dave_decrypt_failures == 0 and second.dave_decrypt_failures == 0
             assert vc.is_connected and vc.invalidation is None
-        causes = [e.cause for e in dave_events(events)]
+        causes = [e.cause for e in [e async for e in events] if isinstance(e, DaveStateChanged)]
         assert DaveChange.REINITIALISED in causes
 
 
@@ -375,7 +427,7 @@ async def test_a_lost_execute_does_not_lose_audio() -> None:
             env.voice.dave_gateway.drop_next_execute(env.bot_id)
             second = env.member()
             await until(env, vc, in_one_group(vc, [first, second]))
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard([first, second], len(frames)))
             assert first.dave_decrypt_failures == 0
             assert second.frames_decrypted == len(frames)
@@ -392,15 +444,19 @@ async def test_a_resume_mid_call_keeps_the_group_and_catches_up() -> None:
             session = env.session()
             key_packages = session.received_ops.count(26)
             env.voice.close(session, ABRUPT)
-            await env.voice.wait_for(lambda: session._connection is None)
+            with trio.fail_after(WAIT):
+                await env.voice.wait_for(lambda: not session.connected)
             # Joins while the bot is away: its DAVE messages are re-delivered on resume.
             second = env.member()
-            await until(env, vc, lambda: session.resumes == 1 and vc.is_connected)
+            await until(env, vc, lambda: session.resumes == 1)
+            # Resuming, the bot is not connected (a resume announces no event): wait for it.
+            with trio.fail_after(WAIT):
+                assert await vc.wait_connected()
             assert vc.dave_epoch is not None and epoch is not None
             await until(env, vc, in_one_group(vc, [first, second]))
             assert vc.dave_epoch > epoch and vc.voice_privacy_code != code
             assert session.received_ops.count(26) == key_packages  # no re-join: same group
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard([first, second], len(frames)))
             assert first.dave_decrypt_failures == 0 and second.dave_decrypt_failures == 0
 
@@ -414,9 +470,12 @@ async def test_a_resume_without_changes_keeps_decrypting() -> None:
             epoch, code = vc.dave_epoch, vc.voice_privacy_code
             session = env.session()
             env.voice.close(session, 4015)
-            await until(env, vc, lambda: session.resumes == 1 and vc.is_connected)
+            await until(env, vc, lambda: session.resumes == 1)
+            # Resuming, the bot is not connected (a resume announces no event): wait for it.
+            with trio.fail_after(WAIT):
+                assert await vc.wait_connected()
             assert (vc.dave_epoch, vc.voice_privacy_code) == (epoch, code)
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard([member], len(frames)))
             assert member.frames_decrypted == len(frames)
 
@@ -436,7 +495,7 @@ async def test_a_channel_switch_starts_dave_afresh() -> None:
             await until(env, vc, lambda: vc.channel_id == second_channel.id)
             await until(env, vc, in_one_group(vc, [other]))
             assert vc.voice_privacy_code != old_code
-            await BotAudio(vc).send(frames)
+            await play(env, vc, frames)
             await until(env, vc, heard([other], len(frames)))
             assert other.frames_decrypted == len(frames)
         got = [e async for e in events]
@@ -452,21 +511,29 @@ async def test_a_speaking_members_frames_are_decrypted_after_the_transport() -> 
     async with dave_environment() as env:
         member = env.member()
         async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
-            got: list[tuple[int, bytes]] = []
-
-            def on_frame(user_id: int, packet: DecryptedPacket, opus: bytes) -> None:
-                got.append((user_id, opus))
-
-            vc._dave.on_frame = on_frame
             await until(env, vc, in_one_group(vc, [member]))
-            member.set_speaking()
-            await until(env, vc, lambda: member.ssrc in vc._dave._users_by_ssrc)
+            with vc.subscribe() as events, trio.fail_after(WAIT):
+                member.set_speaking()
+                # Speaking is how the bot learns whose frames the SSRC carries.
+                async for event in events:
+                    if isinstance(event, MemberSpeaking) and event.ssrc == member.ssrc:
+                        assert event.user_id == member.user_id
+                        break
             for frame in frames:
                 member.send_opus(frame)
-            await until(env, vc, lambda: len(got) == len(frames))
-            assert got == [(member.user_id, f) for f in frames]
-            assert vc.dave_stats["decrypted"] == len(frames)
-            assert vc.dave_stats.get("decrypt_failed", 0) == 0
+            with trio.fail_after(WAIT):
+                await settled_until(lambda: vc.dave_stats.get("decrypted", 0) >= len(frames))
+            # What the member sent was end-to-end encrypted (and only that reached the bot).
+            sent = [p.payload for p in member.sent]
+            assert len(sent) == len(frames)
+            assert all(p != f and p.endswith(DAVE_MAGIC) for p, f in zip(sent, frames, strict=True))
+            # Each one opened by the bot's DAVE layer after the transport, as that member's.
+            # (Whether the bot got exactly those frames is checked with the receive API.)
+            assert vc.udp_stats.received == len(frames)
+            stats = vc.dave_stats
+            assert stats["decrypted"] == len(frames)
+            for counter in ("passed_through", "decrypt_failed", "unknown_ssrc"):
+                assert stats.get(counter, 0) == 0, counter
 
 
 # --- without davey -------------------------------------------------------------------------
@@ -496,12 +563,15 @@ async def test_garbage_dave_frames_are_logged_and_survived(
         member = env.member()
         async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
             await until(env, vc, in_one_group(vc, [member]))
-            connection = env.session()._connection
-            assert connection is not None
+            # Raw frames, unnumbered, straight onto the websocket (what no encoder builds).
+            session = env.session()
+            caplog.clear()
             for junk in (b"\x00", b"\x00\x01\x1d", b"\x00\x02\x1b\x07", b"\x00\x03\x1e\x00"):
-                connection.push(0, junk)
-            await until(env, vc, lambda: "DAVE" in caplog.text or "malformed" in caplog.text)
-            await BotAudio(vc).send(frames)
+                session.send_raw(junk)
+            with trio.fail_after(WAIT):
+                # A log line is announced by no event: wait for the program to be idle.
+                await settled_until(lambda: "DAVE" in caplog.text or "malformed" in caplog.text)
+            await play(env, vc, frames)
             await until(env, vc, heard([member], len(frames)))
             assert vc.is_connected and member.dave_decrypt_failures == 0
 

@@ -63,6 +63,12 @@ class SendRateLimiter:
         """Count a send made at ``now`` (call it only after :meth:`delay` returned 0)."""
         self._sent.append(now)
 
+    def free(self, now: float, *, priority: bool = False) -> int:
+        """How many sends may go at ``now`` without waiting."""
+        self._expire(now)
+        cap = self._limit if priority else self._limit - self._reserved
+        return cap - len(self._sent)
+
     def in_window(self, now: float) -> int:
         self._expire(now)
         return len(self._sent)

@@ -33,6 +33,7 @@ __all__ = [
     "GatewayOpcode",
     "GatewayProtocol",
     "HeartbeatAcked",
+    "HeartbeatIntervalClamped",
     "ReconnectRequested",
     "SendKind",
     "SendPayload",
@@ -47,6 +48,8 @@ GATEWAY_VERSION = 10
 #: The largest dispatch sequence number accepted (a signed 64-bit integer); beyond it a payload
 #: is malformed, because the number would be echoed back to Discord.
 MAX_SEQUENCE = (1 << 63) - 1
+#: The shortest heartbeat interval followed, in seconds, whatever Hello asks for.
+MIN_HEARTBEAT_INTERVAL = 1.0
 
 
 class GatewayOpcode(enum.IntEnum):
@@ -122,6 +125,14 @@ class ZombieConnection:
     """The last heartbeat was never ACKed: close (not with 1000/1001) and resume."""
 
 
+@dataclass(frozen=True, slots=True)
+class HeartbeatIntervalClamped:
+    """Hello asked for a heartbeat interval outside the sane range; ``used`` is what we use."""
+
+    asked: float
+    used: float
+
+
 GatewayEvent = (
     SendPayload
     | Dispatched
@@ -131,6 +142,7 @@ GatewayEvent = (
     | ReconnectRequested
     | SessionInvalidated
     | ZombieConnection
+    | HeartbeatIntervalClamped
 )
 
 
@@ -346,11 +358,16 @@ class GatewayProtocol:
         if not math.isfinite(interval_ms) or not 0 < interval_ms <= 3_600_000:
             raise ProtocolError("Hello: heartbeat_interval is out of range")
         self._hello_received = True
-        self._interval = interval_ms / 1000
+        asked = interval_ms / 1000
+        # Discord's is 41.25 s. A hostile 1 ms would be a thousand heartbeats a second.
+        self._interval = max(MIN_HEARTBEAT_INTERVAL, asked)
         self._next_beat = now + self._interval * self._jitter
+        events: list[GatewayEvent] = []
+        if self._interval != asked:
+            events.append(HeartbeatIntervalClamped(asked, self._interval))
         if self.can_resume:
-            return [SendPayload(SendKind.RESUME, self.build_resume())]
-        return [SendPayload(SendKind.IDENTIFY, self.build_identify())]
+            return [*events, SendPayload(SendKind.RESUME, self.build_resume())]
+        return [*events, SendPayload(SendKind.IDENTIFY, self.build_identify())]
 
     def _on_dispatch(self, fields: Fields, data: Any) -> list[GatewayEvent]:
         name = fields.string("t")

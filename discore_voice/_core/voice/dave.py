@@ -324,9 +324,15 @@ class DaveClient:
 
     @property
     def voice_privacy_code(self) -> str | None:
-        """The code every member of the call sees; equal codes mean one shared group."""
-        if self._session is None or not self._session.ready:
+        """The code every member of the call sees; equal codes mean one shared group.
+
+        None while the call is not end-to-end encrypted: before the group is ready, and in a
+        transport-only (version 0) call, where a group left over from before a downgrade still
+        holds a code that no longer protects anything.
+        """
+        if not self.can_encrypt:
             return None
+        assert self._session is not None
         return self._session.voice_privacy_code
 
     @property

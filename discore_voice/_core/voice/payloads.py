@@ -19,6 +19,7 @@ would hide it) but ignore unknown fields, which Discord adds without notice.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -352,12 +353,14 @@ class Ready(_Payload):
 
     @classmethod
     def _from_fields(cls, f: Fields) -> Self:
-        return cls(
-            ssrc=_ssrc(f),
-            ip=_nonempty(f, "ip", cls.what()),
-            port=_port(f),
-            modes=tuple(f.str_list("modes")),
-        )
+        ssrc = _ssrc(f)
+        ip = _nonempty(f, "ip", cls.what())
+        try:
+            # An address, never a name: a name would be resolved, a DNS lookup chosen by a peer.
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ProtocolError(f"{cls.what()}: field 'ip' is not an IP address") from None
+        return cls(ssrc=ssrc, ip=ip, port=_port(f), modes=tuple(f.str_list("modes")))
 
     def to_d(self) -> dict[str, Any]:
         return {"ssrc": self.ssrc, "ip": self.ip, "port": self.port, "modes": list(self.modes)}

@@ -47,6 +47,7 @@ from ..._core.gateway.protocol import (
     GatewayEvent,
     GatewayProtocol,
     HeartbeatAcked,
+    HeartbeatIntervalClamped,
     ReconnectRequested,
     SendKind,
     SendPayload,
@@ -58,7 +59,7 @@ from ..._core.gateway.protocol import (
 )
 from ..._core.gateway.voice import GATEWAY_SESSION_LOST, build_voice_state_update
 from ..._core.snowflake import Snowflake, validate_snowflake
-from ..._errors import ProtocolError, UnknownOpcode, UsageError
+from ..._errors import ProtocolError, UnknownOpcode, UsageError, shorten
 from .. import dispatches
 from ..dispatches import DEFAULT_BUFFER_SIZE, Dispatch
 from ..hub import Hub, Subscription
@@ -283,6 +284,17 @@ class Shard:
             self._voice_states.leave(guild, payload)
             return
         await self._voice_states.update(guild, payload)
+
+    @property
+    def send_budget(self) -> int:
+        """Ordinary sends (op 4 and the like) this connection may make now without waiting for
+        the rate limit; 0 means the next one waits (a leave waits queued, in order)."""
+        return max(0, self._limiter.free(trio.current_time()))
+
+    @property
+    def subscriber_count(self) -> int:
+        """Live subscriptions to this shard's dispatches (voice connections hold one each)."""
+        return len(self._hub)
 
     @property
     def voice_leaves_queued(self) -> int:
@@ -566,7 +578,9 @@ class Shard:
                             self._log.debug("ignored: %s", exc)
                         except ProtocolError as exc:
                             self._log.warning("reconnecting after a malformed payload: %s", exc)
-                            return _Outcome(protocol.connection_lost(None), progressed())
+                            verdict = protocol.connection_lost(None)
+                            description = "the gateway sent a malformed payload"
+                            return _Outcome(CloseVerdict(verdict.action, description), progressed())
                 for event in events:
                     if isinstance(event, SendPayload):
                         if event.kind is SendKind.IDENTIFY:
@@ -589,6 +603,13 @@ class Shard:
                         self._live = connection
                         self._notify()
                         self._settled.set()
+                    elif isinstance(event, HeartbeatIntervalClamped):
+                        self._log.warning(
+                            "the gateway asked for a heartbeat every %s s; heartbeating every "
+                            "%g s instead",
+                            shorten(event.asked, 40),
+                            event.used,
+                        )
                     elif isinstance(event, HeartbeatAcked):
                         self._log.debug("heartbeat acknowledged (latency %s s)", event.latency)
                     elif isinstance(event, ReconnectRequested):

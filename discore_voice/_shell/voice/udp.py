@@ -34,6 +34,7 @@ from ..._core.ip_discovery import (
     build_request,
     parse_response,
 )
+from ..._core.receive.replay import ReplayFilter, Verdict
 from ..._core.rtp import is_rtcp
 from ..._core.voice.commands import Media
 from ..._errors import DecryptionFailed, ProtocolError
@@ -66,8 +67,9 @@ class UdpStats:
     """What a connection's UDP path received; cumulative over the connection's life.
 
     ``dropped`` counts datagrams from the voice server that were dropped, by reason:
-    ``malformed``, ``undecryptable``, ``no_key``, ``rtcp``. ``restarts`` counts the times a path
-    that stopped answering keep-alives was re-established.
+    ``malformed``, ``undecryptable``, ``no_key``, ``rtcp``, ``duplicate`` (a packet received
+    already, or a replay) and ``stale`` (too far behind a sender's newest to tell).
+    ``restarts`` counts the times a path that stopped answering keep-alives was re-established.
     """
 
     received: int
@@ -100,6 +102,7 @@ class VoiceUdp:
         self._sock: socket.socket | None = None
         self._media: Media | None = None
         self._flowing_reported = False
+        self._replays = ReplayFilter()
         self._last_answer = 0.0
         self.received = 0
         """Datagrams that decrypted."""
@@ -268,8 +271,13 @@ class VoiceUdp:
         except ProtocolError:
             self.dropped["malformed"] += 1
             return False
+        header = packet.header
+        verdict = self._replays.check(header.ssrc, header.sequence)
+        if verdict is not Verdict.NEW:
+            self.dropped[verdict.value] += 1  # "duplicate" or "stale"
+            return False
         self.received += 1
-        media.crypto.decrypt(packet.header.ssrc, packet.payload)
+        media.crypto.decrypt(header.ssrc, packet.payload)
         return True
 
     async def _keepalive(self) -> None:

@@ -62,6 +62,8 @@ ids = st.integers(min_value=1, max_value=2**64 - 1)
 u16 = st.integers(min_value=0, max_value=SEQ_MODULUS - 1)
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 words = st.text(min_size=1, max_size=20)
+#: Ready's ip is an address, never a name (a name would be a peer-chosen DNS lookup).
+ips = st.ip_addresses().map(str)
 payloads = st.binary(max_size=300)
 
 client_messages: st.SearchStrategy[ClientMessage] = st.one_of(
@@ -75,7 +77,7 @@ client_messages: st.SearchStrategy[ClientMessage] = st.one_of(
 )
 server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
     st.builds(Hello, st.floats(1e-3, 1e9)),
-    st.builds(Ready, u32, words, st.integers(1, 65535), st.lists(words).map(tuple)),
+    st.builds(Ready, u32, ips, st.integers(1, 65535), st.lists(words).map(tuple)),
     st.builds(SessionDescription, words, st.binary(min_size=32, max_size=32), u16),
     st.builds(HeartbeatAck, st.integers(0, 2**53 - 1)),
     st.builds(ServerSpeaking, ids, u32, u32),

@@ -51,6 +51,8 @@ u16 = st.integers(min_value=0, max_value=2**16 - 1)
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
 ports = st.integers(min_value=1, max_value=2**16 - 1)
 words = st.text(min_size=1, max_size=40)
+#: Ready's ip is an address, never a name (a name would be a peer-chosen DNS lookup).
+ips = st.ip_addresses().map(str)
 nonces = st.integers(min_value=0, max_value=MAX_HEARTBEAT_NONCE)
 seq_acks = st.integers(min_value=-1, max_value=2**64 - 1)
 intervals = st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False)
@@ -66,7 +68,7 @@ client_messages: st.SearchStrategy[ClientMessage] = st.one_of(
 )
 server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
     st.builds(Hello, intervals),
-    st.builds(Ready, ssrc=u32, ip=words, port=ports, modes=st.lists(st.text()).map(tuple)),
+    st.builds(Ready, ssrc=u32, ip=ips, port=ports, modes=st.lists(st.text()).map(tuple)),
     st.builds(SessionDescription, words, st.binary(min_size=32, max_size=32), u16),
     st.builds(HeartbeatAck, nonces),
     st.builds(ServerSpeaking, ids, u32, u32),
@@ -597,3 +599,10 @@ def test_parse_errors_never_contain_secrets() -> None:
     with pytest.raises(ProtocolError) as excinfo:
         parse_server_payload(4, key_d)
     assert "201" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("ip", ["voice.example", "127.0.0.1 ", "\ud800", "::g", "1.2.3"])
+def test_ready_ip_must_be_an_address(ip: str) -> None:
+    d = {"ssrc": 1, "ip": ip, "port": 50000, "modes": ["aead_aes256_gcm_rtpsize"]}
+    with pytest.raises(ProtocolError, match="'ip' is not an IP address"):
+        parse_server_payload(2, d)

@@ -119,6 +119,11 @@ class SendClock:
     def attached(self) -> int:
         return len(self._live)
 
+    @property
+    def precise(self) -> bool:
+        """Whether the clock sleeps on a timerfd now (else on trio's own timeouts)."""
+        return self._timer is not None
+
     def attach(self, sender: Steppable, due: float) -> None:
         """Call ``sender.step`` from ``due`` on, until it detaches."""
         token = next(self._counter)

@@ -1,0 +1,1 @@
+"""Tests against servers that break the protocol (issue #12)."""
