@@ -55,7 +55,7 @@ from .messages import (
 from .sending.producer import DEFAULT_BUFFER_SIZE
 from .sending.sender import VoiceSender
 from .sending.stepper import SendStats
-from .session_task import INBOX_SIZE, SessionTask, guarded
+from .session_task import INBOX_SIZE, ConnectionState, SessionTask, guarded
 from .timers import Timers
 from .udp import UdpStats
 from .websocket import CLOSE_GRACE
@@ -379,20 +379,20 @@ class VoiceConnection:
 
     async def wait_connected(self) -> bool:
         """Wait until connected (True) or invalid (False)."""
-        await self._wait(lambda: self.is_connected or not self.is_valid)
+        await self._wait(_settled)
         return self.is_connected
 
     async def wait_invalidated(self) -> Invalidated:
         """Wait until the connection is invalid, and say why."""
-        await self._wait(lambda: not self.is_valid)
+        await self._wait(_over)
         invalidation = self.invalidation
         assert invalidation is not None
         return invalidation
 
-    async def _wait(self, done: Callable[[], bool]) -> None:
+    async def _wait(self, done: Callable[[ConnectionState], bool]) -> None:
         while True:
             changed = self._task.changed
-            if done():
+            if done(self._task.state):
                 return
             await changed.wait()
 
@@ -599,7 +599,7 @@ class VoiceConnection:
             await self._request(Connect(channel, self_mute, self_deaf))
         if not sending.cancelled_caught:
             with trio.move_on_after(limit):
-                await self._wait(lambda: not self.is_connecting)
+                await self._wait(_not_connecting)
         if self.is_connecting:
             detail = (
                 f"the voice handshake did not finish within {limit:g} s (is the channel "
@@ -609,7 +609,7 @@ class VoiceConnection:
                 "gateway is down, or far over its rate limit)"
             )
             await self._inbox.send(TaskFailed(InvalidationReason.TIMED_OUT, detail))
-            await self._wait(lambda: not self.is_valid)
+            await self._wait(_over)
         invalidation = self.invalidation
         if invalidation is not None:
             return VoiceConnectionFailed(invalidation.reason, invalidation.detail)
@@ -628,6 +628,18 @@ class VoiceConnection:
                 state = self._task.state
                 self._writer.request(None, self_mute=state.self_mute, self_deaf=state.self_deaf)
             await self._writer.wait_idle()
+
+
+def _settled(state: ConnectionState) -> bool:
+    return state.connected or not state.valid
+
+
+def _not_connecting(state: ConnectionState) -> bool:
+    return not state.connecting
+
+
+def _over(state: ConnectionState) -> bool:
+    return not state.valid
 
 
 @asynccontextmanager
