@@ -20,7 +20,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._closing import ClosesOnExit
 from .._core.gateway.errors import BridgeClosed
-from .._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from .._core.gateway.voice import (
+    GATEWAY_DISCONNECTED,
+    GATEWAY_RESUMED,
+    GATEWAY_SESSION_LOST,
+    VOICE_SERVER_UPDATE,
+    VOICE_STATE_UPDATE,
+)
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._errors import UsageError
 from . import dispatches
@@ -31,7 +37,17 @@ __all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceSt
 
 _logger = logging.getLogger("discore_voice.gateway.bridge")
 
-VOICE_EVENTS = frozenset({VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE, GATEWAY_SESSION_LOST})
+VOICE_EVENTS = frozenset(
+    {
+        VOICE_STATE_UPDATE,
+        VOICE_SERVER_UPDATE,
+        GATEWAY_SESSION_LOST,
+        GATEWAY_DISCONNECTED,
+        GATEWAY_RESUMED,
+    }
+)
+#: The shard's news about itself, which concerns every guild's connection.
+_BROADCAST = frozenset({GATEWAY_SESSION_LOST, GATEWAY_DISCONNECTED, GATEWAY_RESUMED})
 
 SendVoiceState = Callable[[Snowflake, Snowflake | None, bool, bool], Awaitable[None]]
 """``async (guild_id, channel_id | None, self_mute, self_deaf) -> None``: send op 4."""
@@ -107,8 +123,8 @@ class ForwardedBridge(ClosesOnExit):
         unknown = set(event_names) - VOICE_EVENTS
         if unknown:
             raise UsageError(
-                "a forwarded bridge carries only VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE and "
-                "GATEWAY_SESSION_LOST"
+                "a forwarded bridge carries only the voice dispatches and the shard's news: "
+                + ", ".join(sorted(VOICE_EVENTS))
             )
         return dispatches.subscribe(
             self._hub, event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id
@@ -118,7 +134,7 @@ class ForwardedBridge(ClosesOnExit):
         """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""
         if event_name not in VOICE_EVENTS or self._hub.closed:
             return
-        if event_name == GATEWAY_SESSION_LOST:
+        if event_name in _BROADCAST:
             self._hub.broadcast((event_name, data), name=event_name)  # it routes by no guild
             return
         dispatches.publish(self._hub, event_name, data)

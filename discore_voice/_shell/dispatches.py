@@ -39,10 +39,11 @@ def subscribe(
     )
 
 
-def publish(hub: Hub[Dispatch], name: str, data: Any) -> None:
-    """Offer one dispatch to every interested subscriber; never blocks."""
+def publish(hub: Hub[Dispatch], name: str, data: Any, *, explicit: bool = False) -> None:
+    """Offer one dispatch to every interested subscriber; never blocks. ``explicit``: only to
+    those that name it (for pseudo-dispatches, which are not Discord's)."""
     guild = _guild_of(data) if hub.routes_by_guild else None
-    hub.publish((name, data), name=name, guild=guild)
+    hub.publish((name, data), name=name, guild=guild, explicit=explicit)
 
 
 def _guild_of(data: Any) -> int | None:

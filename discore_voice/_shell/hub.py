@@ -76,9 +76,12 @@ class Subscription(ClosesOnExit, Generic[T]):
         """The subscriber closed it, or its source stopped (buffered items may remain)."""
         return self._hub._is_detached(self)
 
-    def wants(self, name: str | None) -> bool:
-        """Whether items called ``name`` are delivered to this subscription."""
-        return self.event_names is None or name in self.event_names
+    def wants(self, name: str | None, *, explicit: bool = False) -> bool:
+        """Whether items called ``name`` are delivered to this subscription; ``explicit`` items
+        only to those that name them (a shard's news about itself is not a Discord dispatch)."""
+        if self.event_names is None:
+            return not explicit
+        return name in self.event_names
 
     async def receive(self) -> T:
         """The next item; raises ``trio.EndOfChannel`` once the source stopped and all was read."""
@@ -192,19 +195,26 @@ class Hub(Generic[T]):
             self._by_guild.setdefault(guild_id, {})[subscription] = None
         return subscription
 
-    def publish(self, item: T, *, name: str | None = None, guild: Snowflake | None = None) -> None:
+    def publish(
+        self,
+        item: T,
+        *,
+        name: str | None = None,
+        guild: Snowflake | None = None,
+        explicit: bool = False,
+    ) -> None:
         """Offer ``item`` to the subscribers of every guild, and to those of ``guild``."""
         for subscription in list(self._everywhere):
-            self._offer(subscription, item, name)
+            self._offer(subscription, item, name, explicit)
         if guild is not None:
             for subscription in list(self._by_guild.get(guild, ())):
-                self._offer(subscription, item, name)
+                self._offer(subscription, item, name, explicit)
 
-    def broadcast(self, item: T, *, name: str | None = None) -> None:
+    def broadcast(self, item: T, *, name: str | None = None, explicit: bool = False) -> None:
         """Offer ``item`` to every subscriber of ``name``, whatever guild it filters on: news
         about the source itself, which concerns every guild and has none to route by."""
         for subscription in list(self._subscriptions):
-            self._offer(subscription, item, name)
+            self._offer(subscription, item, name, explicit)
 
     def close(self) -> None:
         """The source stopped: end every subscription (readers still get what is buffered)."""
@@ -216,8 +226,10 @@ class Hub(Generic[T]):
         for subscription in subscriptions:
             subscription._end()
 
-    def _offer(self, subscription: Subscription[T], item: T, name: str | None) -> None:
-        if not subscription.wants(name):
+    def _offer(
+        self, subscription: Subscription[T], item: T, name: str | None, explicit: bool
+    ) -> None:
+        if not subscription.wants(name, explicit=explicit):
             return
         before = subscription.dropped
         if not subscription._offer(item):

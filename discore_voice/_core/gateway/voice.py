@@ -14,8 +14,11 @@ from ..fields import Fields
 from ..snowflake import Snowflake, snowflake_to_wire
 
 __all__ = [
+    "GATEWAY_DISCONNECTED",
+    "GATEWAY_RESUMED",
     "GATEWAY_SESSION_LOST",
     "VOICE_SERVER_UPDATE",
+    "VOICE_STATE_SENT",
     "VOICE_STATE_UPDATE",
     "VOICE_STATE_UPDATE_OPCODE",
     "VoiceServerUpdate",
@@ -33,6 +36,16 @@ VOICE_SERVER_UPDATE = "VOICE_SERVER_UPDATE"
 #: voice states with it, so its voice connections are over. ``d`` is ``{"reason": str}``. A bridge
 #: forwarding dispatches from a shard elsewhere forwards this one as well.
 GATEWAY_SESSION_LOST = "GATEWAY_SESSION_LOST"
+#: Not Discord dispatches either: a shard's connection dropped (its session may still resume),
+#: and it resumed. Dispatches missed meanwhile (a move's, for one) are replayed right after the
+#: resume, so a voice connection waiting for them waits for the gateway too. ``d`` is ``{}``.
+GATEWAY_DISCONNECTED = "GATEWAY_DISCONNECTED"
+GATEWAY_RESUMED = "GATEWAY_RESUMED"
+#: Not a Discord dispatch: the shard just sent an op 4 for ``d.guild_id`` (``d.channel_id``, None
+#: for a leave), in order with the guild's dispatches. Answers to a join can only follow it, so a
+#: voice connection ignores voice dispatches that came before: the replay of an earlier
+#: connection's, after a resume, would otherwise be taken for its own.
+VOICE_STATE_SENT = "VOICE_STATE_SENT"
 
 
 def build_voice_state_update(

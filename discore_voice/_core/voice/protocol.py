@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ..._errors import DaveError, ProtocolError, UnknownOpcode
-from ..gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from ..gateway.voice import (
+    GATEWAY_DISCONNECTED,
+    GATEWAY_RESUMED,
+    GATEWAY_SESSION_LOST,
+    VOICE_SERVER_UPDATE,
+    VOICE_STATE_SENT,
+    VOICE_STATE_UPDATE,
+)
 from ..ip_discovery import DiscoveredAddress
 from ..snowflake import Snowflake
 from ..speaking import SpeakingFlags
@@ -178,11 +185,19 @@ class VoiceProtocol:
     # --- the caller's requests -----------------------------------------------------------------
 
     def connect(
-        self, channel_id: Snowflake, *, self_mute: bool, self_deaf: bool, now: float
+        self,
+        channel_id: Snowflake,
+        *,
+        self_mute: bool,
+        self_deaf: bool,
+        now: float,
+        sent_marker: bool = False,
     ) -> list[Output]:
-        return self._run(
-            self._session.connect(channel_id, self_mute=self_mute, self_deaf=self_deaf), now
+        """Join; ``sent_marker`` when the bridge reports its op 4s (VOICE_STATE_SENT)."""
+        join = self._session.connect(
+            channel_id, self_mute=self_mute, self_deaf=self_deaf, sent_marker=sent_marker
         )
+        return self._run(join, now)
 
     def update_voice_state(
         self, channel_id: Snowflake | None, *, self_mute: bool, self_deaf: bool, now: float
@@ -227,6 +242,12 @@ class VoiceProtocol:
                 reason = data.get("reason") if isinstance(data, dict) else None
                 detail = reason if isinstance(reason, str) else "the gateway session ended"
                 out = session.gateway_session_lost(detail)
+            elif name == VOICE_STATE_SENT:
+                out = session.voice_state_sent(data)
+            elif name == GATEWAY_DISCONNECTED:
+                out = session.gateway_disconnected()
+            elif name == GATEWAY_RESUMED:
+                out = session.gateway_resumed(now)
             else:
                 return []
         except ProtocolError as exc:

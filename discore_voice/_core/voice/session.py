@@ -335,6 +335,8 @@ class VoiceSession:
         self._heartbeat_rtt: float | None = None
         self._timers: dict[TimerKind, float] = {}
         self._pending: Invalidated | None = None  # a 4014/4022 that a move may still explain
+        self._join_sent = True  # our join's op 4 went out (see connect's sent_marker)
+        self._gateway_up = True
         self._counts: Counter[str] = Counter()
         self._closes: Counter[int | None] = Counter()
 
@@ -395,15 +397,51 @@ class VoiceSession:
     # --- the caller's requests ------------------------------------------------------------
 
     def connect(
-        self, channel_id: Snowflake, *, self_mute: bool = False, self_deaf: bool = False
+        self,
+        channel_id: Snowflake,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+        sent_marker: bool = False,
     ) -> list[SessionOutput]:
-        """Join ``channel_id``: op 4, then wait for both dispatches."""
+        """Join ``channel_id``: op 4, then wait for both dispatches.
+
+        ``sent_marker``: the bridge reports when the op 4 went out (:meth:`voice_state_sent`,
+        a shard does), and voice dispatches before that are someone else's: the replay, after a
+        resume, of what an earlier connection to this guild was sent.
+        """
         if self.phase is not Phase.IDLE:
             return []
         self.phase = Phase.AWAITING_GATEWAY
         self.channel_id = channel_id
         self.self_mute, self.self_deaf = self_mute, self_deaf
+        self._join_sent = not sent_marker
         return [SendVoiceStateUpdate(channel_id, self_mute, self_deaf)]
+
+    def voice_state_sent(self, data: object) -> list[SessionOutput]:
+        """The bridge sent an op 4 for ``d.guild_id``: answers to our join may follow now."""
+        if self._join_sent or not isinstance(data, dict):
+            return []
+        guild, channel = data.get("guild_id"), data.get("channel_id")
+        if guild == str(self.guild_id) and channel == str(self.channel_id):
+            self._join_sent = True
+        return []
+
+    def gateway_disconnected(self) -> list[SessionOutput]:
+        """The shard's connection dropped: dispatches wait for its resume (see the move grace)."""
+        self._gateway_up = False
+        return []
+
+    def gateway_resumed(self, now: float) -> list[SessionOutput]:
+        """The shard resumed: what it missed is replayed now, a move's dispatches included."""
+        self._gateway_up = True
+        if self._pending is None or self.phase is Phase.INVALID:
+            return []
+        due = self._timers.get(TimerKind.MOVE_GRACE)
+        if due is not None and due >= now + MOVE_GRACE_SECONDS:
+            return []
+        # The grace ran out while the gateway was away (or nearly): a new one from the resume.
+        return [self._arm(TimerKind.MOVE_GRACE, now + MOVE_GRACE_SECONDS)]
 
     def update_voice_state(
         self, channel_id: Snowflake | None, *, self_mute: bool, self_deaf: bool
@@ -459,7 +497,7 @@ class VoiceSession:
         update = parse_voice_state_update(data)
         if update.guild_id != self.guild_id or update.user_id != self.user_id:
             return []
-        if self.phase in (Phase.IDLE, Phase.INVALID):
+        if self.phase in (Phase.IDLE, Phase.INVALID) or not self._join_sent:
             return []
         if update.channel_id is None:
             if not self._have_state:
@@ -487,6 +525,8 @@ class VoiceSession:
         update = parse_voice_server_update(data)
         if update.guild_id != self.guild_id or self.phase in (Phase.IDLE, Phase.INVALID):
             return []
+        if not self._join_sent:
+            return []  # not an answer to our join, which has not gone out yet
         self._token = update.token
         self._endpoint = update.endpoint
         actions: list[SessionOutput] = []
@@ -718,6 +758,10 @@ class VoiceSession:
             return self._start_udp_again()
         pending = self._pending
         if pending is None:
+            return []
+        if not self._gateway_up:
+            # The move's dispatches may be waiting in the gateway's replay: they cannot arrive
+            # before it resumes, which starts a new grace (gateway_resumed).
             return []
         # The move grace: no new voice server followed a 4014/4022, so it was a kick or the end.
         return self._invalidate(pending.reason, pending.detail)

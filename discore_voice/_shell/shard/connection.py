@@ -57,7 +57,13 @@ from ..._core.gateway.protocol import (
     ZombieConnection,
     build_gateway_url,
 )
-from ..._core.gateway.voice import GATEWAY_SESSION_LOST, build_voice_state_update
+from ..._core.gateway.voice import (
+    GATEWAY_DISCONNECTED,
+    GATEWAY_RESUMED,
+    GATEWAY_SESSION_LOST,
+    VOICE_STATE_SENT,
+    build_voice_state_update,
+)
 from ..._core.snowflake import Snowflake, validate_snowflake
 from ..._errors import ProtocolError, UnknownOpcode, UsageError, shorten
 from .. import dispatches
@@ -323,6 +329,10 @@ class Shard:
             self._limiter.record(trio.current_time())
             try:
                 await connection.send_message(json.dumps(request.payload, separators=(",", ":")))
+                # In order with the guild's dispatches: its answers can only come after this.
+                data = request.payload["d"]
+                marker = {"guild_id": data["guild_id"], "channel_id": data["channel_id"]}
+                dispatches.publish(self._hub, VOICE_STATE_SENT, marker, explicit=True)
             except trio_websocket.ConnectionClosed:
                 # The shard task notices too and reconnects; the request stays queued for the
                 # next connection. (Like any send, one written as the connection drops may be
@@ -377,6 +387,16 @@ class Shard:
         self._limiter.record(trio.current_time())
         await connection.send_message(text)
 
+    def _announce_disconnected(self) -> None:
+        """The connection dropped: voice connections waiting for dispatches wait for the resume.
+
+        Then, if the session cannot be resumed, that it is lost (see below)."""
+        if self._session_live:
+            self._hub.broadcast(
+                (GATEWAY_DISCONNECTED, {}), name=GATEWAY_DISCONNECTED, explicit=True
+            )
+        self._announce_if_session_lost()
+
     def _announce_if_session_lost(self) -> None:
         """Tell voice subscribers, at once, that the gateway session ended without a resume.
 
@@ -389,7 +409,8 @@ class Shard:
         self._session_live = False
         reason = "the gateway session ended and could not be resumed"
         self._log.warning("%s; its voice connections end with it", reason)
-        self._hub.broadcast((GATEWAY_SESSION_LOST, {"reason": reason}), name=GATEWAY_SESSION_LOST)
+        news = (GATEWAY_SESSION_LOST, {"reason": reason})
+        self._hub.broadcast(news, name=GATEWAY_SESSION_LOST, explicit=True)
 
     def _closed_message(self) -> str:
         if self._failure is not None:
@@ -522,7 +543,7 @@ class Shard:
                         finally:
                             self._live = None
                             self._notify()
-                            self._announce_if_session_lost()
+                            self._announce_disconnected()
                             code = 1000 if self._closing else RESUMABLE_CLOSE
                             await close_websocket(connection, stream, code=code)
                 finally:
@@ -595,6 +616,10 @@ class Shard:
                     elif isinstance(event, SessionReady | SessionResumed):
                         ready_at = trio.current_time()
                         self._session_live = True
+                        if isinstance(event, SessionResumed):
+                            self._hub.broadcast(
+                                (GATEWAY_RESUMED, {}), name=GATEWAY_RESUMED, explicit=True
+                            )
                         if isinstance(event, SessionReady):
                             self._user_id = event.user_id
                             self._log.info("ready as user %d", event.user_id)

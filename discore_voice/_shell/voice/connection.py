@@ -28,7 +28,14 @@ from ..._audio.opus import EncoderSettings
 from ..._audio.sources import AudioSource
 from ..._checks import check_bool
 from ..._core.gateway.intents import Intents
-from ..._core.gateway.voice import GATEWAY_SESSION_LOST, VOICE_SERVER_UPDATE, VOICE_STATE_UPDATE
+from ..._core.gateway.voice import (
+    GATEWAY_DISCONNECTED,
+    GATEWAY_RESUMED,
+    GATEWAY_SESSION_LOST,
+    VOICE_SERVER_UPDATE,
+    VOICE_STATE_SENT,
+    VOICE_STATE_UPDATE,
+)
 from ..._core.pcm_buffer import PCM_BLOCK_SIZE
 from ..._core.snowflake import Snowflake, validate_snowflake
 from ..._core.speaking import SpeakingFlags
@@ -84,6 +91,16 @@ DEFAULT_EVENT_BUFFER: Final = 256
 _EXIT_GRACE: Final = 5.0 + CLOSE_GRACE
 
 _Request = Connect | UpdateVoiceState | Disconnect | SetSpeaking
+
+#: What a voice connection hears from a shard: the two voice dispatches, and the shard's own news.
+_SHARD_EVENTS: Final = (
+    VOICE_STATE_UPDATE,
+    VOICE_SERVER_UPDATE,
+    VOICE_STATE_SENT,
+    GATEWAY_DISCONNECTED,
+    GATEWAY_RESUMED,
+    GATEWAY_SESSION_LOST,
+)
 
 
 class VoiceEvents(Subscription[VoiceEvent]):
@@ -579,13 +596,10 @@ class VoiceConnection:
         """This guild's voice dispatches; our own bridges route them by guild, so a shard with
         hundreds of voice connections wakes only the one listener an event is for."""
         bridge = self._bridge
-        if isinstance(bridge, Shard | ForwardedBridge):
-            return bridge.subscribe(
-                VOICE_STATE_UPDATE,
-                VOICE_SERVER_UPDATE,
-                GATEWAY_SESSION_LOST,
-                guild_id=self.guild_id,
-            )
+        if isinstance(bridge, Shard):
+            return bridge.subscribe(*_SHARD_EVENTS, guild_id=self.guild_id)
+        if isinstance(bridge, ForwardedBridge):
+            return bridge.subscribe(guild_id=self.guild_id)  # all it carries
         return bridge.subscribe(VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE)
 
     async def _handshake(
@@ -595,8 +609,11 @@ class VoiceConnection:
         start = trio.current_time()
         # The handshake's timeout starts once op 4 is out: a shard whose voice joins outrun its
         # rate limit queues them, for up to one more window.
+        # A shard reports when it sent the op 4 (VOICE_STATE_SENT, in order with the guild's
+        # dispatches): voice dispatches before that answer an earlier connection.
+        marker = isinstance(self._bridge, Shard)
         with trio.move_on_after(limit + OP4_QUEUE_ALLOWANCE) as sending:
-            await self._request(Connect(channel, self_mute, self_deaf))
+            await self._request(Connect(channel, self_mute, self_deaf, sent_marker=marker))
         if not sending.cancelled_caught:
             with trio.move_on_after(limit):
                 await self._wait(_not_connecting)

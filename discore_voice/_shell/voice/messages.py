@@ -151,6 +151,7 @@ class Connect:
     channel_id: Snowflake
     self_mute: bool
     self_deaf: bool
+    sent_marker: bool = False
     done: trio.Event = field(default_factory=trio.Event, compare=False)
 
 

@@ -231,6 +231,7 @@ class SessionTask:
                 self_mute=message.self_mute,
                 self_deaf=message.self_deaf,
                 now=now,
+                sent_marker=message.sent_marker,
             )
         if isinstance(message, UpdateVoiceState):
             return protocol.update_voice_state(
