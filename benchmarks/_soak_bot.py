@@ -16,7 +16,7 @@ A connection that is invalidated for any reason but our own leaving is left (its
 and, after a short delay, joined again with a fresh ``voice_connection``, as a real bot would.
 
 Everything it sees goes to ``--events`` as JSON lines stamped with ``time.monotonic()``: every
-connection state change (polled every 20 ms), Connected and Invalidated, join failures, crashes
+connection state change (as it happens), Connected and Invalidated, join failures, crashes
 (an exception escaping a connection's task, with its traceback), ERROR records of the
 ``discore_voice`` loggers, RSS every two seconds and the resource samples. Its own log (the
 library's INFO and up) goes to ``--log``.
@@ -32,6 +32,7 @@ import random
 import ssl
 import threading
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -61,8 +62,7 @@ CONNECT_TIMEOUT_S = 30.0
 #: Length of the generated clips.
 OPUS_CLIP_S = 20.0
 PCM_CLIP_S = 5.0
-#: How often connection states are polled, and RSS sampled.
-STATE_POLL_S = 0.02
+#: How often connection states are polled (where they cannot be waited for), and RSS sampled.
 RSS_EVERY_S = 2.0
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -78,7 +78,8 @@ def rss_bytes() -> int:
 
 def count_tasks() -> int:
     """Every live trio task of this run, system tasks included."""
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    stack = [] if root is None else [root]
     count = 0
     while stack:
         task = stack.pop()
@@ -99,8 +100,18 @@ def resources() -> dict[str, Any]:
     os_threads = len(os.listdir("/proc/self/task"))
     trio_cache = sum(1 for name in names if name.startswith("Trio thread"))
     encoders = sum(1 for name in names if name.startswith("discore_voice encoder"))
+    fd_kinds: Counter[str] = Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own fd, closed by now
+        if target.startswith(("socket:[", "pipe:[")):
+            target = target.split(":[")[0]  # the inode number tells nothing across samples
+        fd_kinds[target] += 1
     return {
-        "fds": len(os.listdir("/proc/self/fd")),
+        "fds": sum(fd_kinds.values()),
+        "fd_kinds": dict(fd_kinds),
         "threads": os_threads,
         "threads_trio_cache": trio_cache,
         "threads_encoder_pool": encoders,
@@ -194,6 +205,8 @@ class SoakBot:
         ]
         self.shards: dict[int, Shard] = {}
         self.shards_ready = trio.Event()
+        #: Set (and replaced) whenever a connection's state changed.
+        self.states_changed = trio.Event()
         self.close_shards = trio.Event()
         self.rng = random.Random(args.seed)
         self.pcm = sine_pcm(PCM_CLIP_S, hz=330.0)
@@ -250,8 +263,8 @@ class SoakBot:
         failures = 0
         while not phase.stop.is_set():
             try:
-                ended = await self.one_connection(slot, phase)
-                failures = 0 if ended else failures + 1
+                await self.one_connection(slot, phase)
+                failures = 0
             except VoiceConnectionFailed as exc:
                 failures += 1
                 self.record(
@@ -272,43 +285,88 @@ class SoakBot:
             with trio.move_on_after(delay):
                 await phase.stop.wait()
 
-    async def one_connection(self, slot: Slot, phase: Phase) -> bool:
-        """One voice connection's life; True when it ended by invalidation or our leave."""
+    async def one_connection(self, slot: Slot, phase: Phase) -> None:
+        """One voice connection's life, until invalidated or ``phase`` stops."""
         shard = self.shards[slot.shard]
         vc = VoiceConnection(shard, slot.guild_id, ssl_context=self.context)
         events = vc.subscribe()
         slot.joins += 1
         self.record("join", g=slot.index, n=slot.joins)
         slot.vc = vc
+        failure: VoiceConnectionFailed | None = None
         try:
-            async with vc.connect(slot.home, timeout=CONNECT_TIMEOUT_S):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.watch_events, slot, events)
-                    nursery.start_soon(self.play, slot, vc)
-                    async with trio.open_nursery() as race:
-
-                        async def invalidated() -> None:
-                            invalidation = await vc.wait_invalidated()
-                            self.record(
-                                "invalidated",
-                                g=slot.index,
-                                reason=invalidation.reason.name,
-                                detail=invalidation.detail[:2000],
-                            )
-                            race.cancel_scope.cancel()
-
-                        async def stopped() -> None:
-                            await phase.stop.wait()
-                            race.cancel_scope.cancel()
-
-                        race.start_soon(invalidated)
-                        race.start_soon(stopped)
-                    nursery.cancel_scope.cancel()
-                leaving = now()
-            self.record("left", g=slot.index, took=now() - leaving)
+            async with trio.open_nursery() as tracking:
+                tracking.start_soon(self.track_state, slot, vc)
+                try:
+                    await self.connected_life(slot, vc, events, phase)
+                except VoiceConnectionFailed as exc:
+                    failure = exc  # not wrapped in this nursery's ExceptionGroup
+                finally:
+                    tracking.cancel_scope.cancel()
         finally:
             slot.vc = None
-        return True
+            self.set_state(slot, "absent")
+        if failure is not None:
+            raise failure
+
+    async def connected_life(
+        self, slot: Slot, vc: VoiceConnection, events: Any, phase: Phase
+    ) -> None:
+        async with vc.connect(slot.home, timeout=CONNECT_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.watch_events, slot, events)
+                nursery.start_soon(self.play, slot, vc)
+                async with trio.open_nursery() as race:
+
+                    async def invalidated() -> None:
+                        invalidation = await vc.wait_invalidated()
+                        self.record(
+                            "invalidated",
+                            g=slot.index,
+                            reason=invalidation.reason.name,
+                            detail=invalidation.detail[:2000],
+                        )
+                        race.cancel_scope.cancel()
+
+                    async def stopped() -> None:
+                        await phase.stop.wait()
+                        race.cancel_scope.cancel()
+
+                    race.start_soon(invalidated)
+                    race.start_soon(stopped)
+                nursery.cancel_scope.cancel()
+            leaving = now()
+        self.record("left", g=slot.index, took=now() - leaving)
+
+    @staticmethod
+    def state_of(vc: VoiceConnection) -> str:
+        if vc.is_connected:
+            return "connected"
+        if vc.is_connecting:
+            return "connecting"
+        if not vc.is_valid:
+            return "invalid"
+        return "new"
+
+    def set_state(self, slot: Slot, state: str) -> None:
+        if state != slot.state:
+            slot.state = state
+            self.record("state", g=slot.index, state=state)
+            self.states_changed.set()
+            self.states_changed = trio.Event()
+
+    async def track_state(self, slot: Slot, vc: VoiceConnection) -> None:
+        """Record every change of the connection's state, when it happens.
+
+        A resume on loopback takes 10-30 ms, which polling would often miss; ``vc.wait_for``
+        wakes on every change of the connection's state instead.
+        """
+        while True:
+            state = self.state_of(vc)
+            self.set_state(slot, state)
+            if state == "invalid":
+                return
+            await vc.wait_for(lambda state=state: self.state_of(vc) != state)
 
     async def watch_events(self, slot: Slot, events: Any) -> None:
         async for event in events:
@@ -331,26 +389,6 @@ class SoakBot:
                     if not vc.is_valid:
                         return
 
-    async def monitor(self) -> None:
-        while True:
-            at = now()
-            for slot in self.slots:
-                vc = slot.vc
-                if vc is None:
-                    state = "absent"
-                elif vc.is_connected:
-                    state = "connected"
-                elif vc.is_connecting:
-                    state = "connecting"
-                elif not vc.is_valid:
-                    state = "invalid"
-                else:
-                    state = "new"
-                if state != slot.state:
-                    slot.state = state
-                    self.record("state", g=slot.index, state=state, t=at)
-            await trio.sleep(STATE_POLL_S)
-
     async def rss_sampler(self) -> None:
         while True:
             self.record("rss", rss=rss_bytes())
@@ -359,10 +397,10 @@ class SoakBot:
     def all_connected(self) -> bool:
         return all(slot.vc is not None and slot.vc.is_connected for slot in self.slots)
 
-    async def wait_all_connected(self, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
+    async def wait_all_connected(self, seconds: float) -> bool:
+        with trio.move_on_after(seconds):
             while not self.all_connected():
-                await trio.sleep(0.05)
+                await self.states_changed.wait()
         return self.all_connected()
 
     async def sample(
@@ -387,18 +425,19 @@ class SoakBot:
                 nursery.start_soon(self.runner, slot, phase)
         phase.done.set()
 
-    async def end_phase(self, phase: Phase, timeout: float) -> bool:
+    async def end_phase(self, phase: Phase, seconds: float) -> bool:
         phase.stop.set()
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(seconds):
             await phase.done.wait()
         return phase.done.is_set()
 
     # -- the whole run ---------------------------------------------------------------------------
 
     async def main(self) -> None:
+        # Opened first, so that both baselines count its fd.
+        stdin = trio.lowlevel.FdStream(os.dup(0))
         await trio.to_thread.run_sync(self.write_clip)
         async with trio.open_nursery() as root:
-            root.start_soon(self.monitor)
             root.start_soon(self.rss_sampler)
             limiter = IdentifyLimiter(max_concurrency=16)
             for shard_id in range(self.info["shards"]):
@@ -411,7 +450,7 @@ class SoakBot:
             warm = Phase()
             await root.start(self.run_phase, warm)
             warmed = await self.wait_all_connected(60 + 2 * len(self.slots))
-            await trio.sleep(2.0)
+            await trio.sleep(1.0)
             self.record("warmed", all_connected=warmed)
             await self.end_phase(warm, 60.0)
             await trio.sleep(1.0)
@@ -421,17 +460,16 @@ class SoakBot:
             soak = Phase()
             await root.start(self.run_phase, soak)
             connected = await self.wait_all_connected(60 + 2 * len(self.slots))
-            await trio.sleep(2.0)
+            await trio.sleep(1.0)
             loaded = await self.sample("loaded-baseline", None, settle=0, trio_cache=True)
             self.baselines["loaded"] = loaded
             emit("ready", t=now(), all_connected=connected, idle=idle, loaded=loaded)
 
-            await self.commands(soak)
+            await self.commands(soak, stdin)
             self.close_shards.set()
             root.cancel_scope.cancel()
 
-    async def commands(self, soak: Phase) -> None:
-        stdin = trio.lowlevel.FdStream(os.dup(0))
+    async def commands(self, soak: Phase, stdin: trio.lowlevel.FdStream) -> None:
         pending = b""
         try:
             while True:

@@ -75,6 +75,12 @@ CONNECTION_FAULTS: tuple[FaultKind, ...] = (
     FaultKind("voice_hb_stall", "connection", 1, None, True, "voice heartbeat ACKs stalled"),
     FaultKind("udp_loss", "connection", 2, None, True, "UDP loss burst (20-60 %, 2-8 s)"),
     FaultKind("udp_blackhole", "connection", 2, None, True, "UDP blackhole both ways (2-10 s)"),
+    # Longer than a UDP path's silence limit (30 s of unanswered keep-alives), so the library
+    # notices a dead path and re-establishes it, maybe while the blackhole still lasts. Only
+    # injected where it ends before the chaos does.
+    FaultKind(
+        "udp_blackhole_long", "connection", 0.5, None, True, "UDP blackhole both ways (32-45 s)"
+    ),
     FaultKind("kick", "connection", 1, "KICKED", True, "kicked (voice state, null channel)"),
     FaultKind("voice_4006", "connection", 0.5, "SESSION_INVALID", True, "voice close 4006"),
     FaultKind("voice_4009", "connection", 0.5, "SESSION_INVALID", True, "voice close 4009"),

@@ -29,13 +29,16 @@ it). Recordings are switched off: a ten-minute run of a hundred streams would ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import random
 import resource
 import struct
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +88,8 @@ class Heard:
     e2ee: int = 0
     plain: int = 0
     undecryptable: int = 0
+    #: Of those, how many were plaintext (no DAVE footer: refused outside a passthrough window).
+    undecryptable_plain: int = 0
     bad_runs: list[list[float]] = field(default_factory=list)
     last: float = 0.0
 
@@ -96,8 +101,9 @@ class Heard:
         else:
             runs.append([at, at])
 
-    def mark_bad(self, at: float) -> None:
+    def mark_bad(self, at: float, *, plain: bool) -> None:
         self.undecryptable += 1
+        self.undecryptable_plain += plain
         bad = self.bad_runs
         if bad and at - bad[-1][1] <= HEARD_MERGE_S:
             bad[-1][1] = at
@@ -110,6 +116,7 @@ class Heard:
             "e2ee": self.e2ee,
             "plain": self.plain,
             "undecryptable": self.undecryptable,
+            "undecryptable_plain": self.undecryptable_plain,
             "bad_runs": [[round(a, 4), round(b, 4)] for a, b in self.bad_runs],
         }
 
@@ -141,7 +148,7 @@ def listening_sink(member: SimMember, heard: Heard) -> Any:
         try:
             opened = decryptor(source.user_id, payload)
         except Exception:
-            heard.mark_bad(at)
+            heard.mark_bad(at, plain=payload[-2:] != DAVE_MAGIC)
             return
         if opened != payload:
             heard.e2ee += 1
@@ -152,6 +159,8 @@ def listening_sink(member: SimMember, heard: Heard) -> Any:
     return sink
 
 
+#: The last two bytes of every DAVE-encrypted frame.
+DAVE_MAGIC = b"\xfa\xfa"
 Datagram = tuple[bytes, tuple[str, int]]
 _SSRC = struct.Struct(">I")
 
@@ -181,22 +190,23 @@ class GuildUdpFilter(UdpFaults[Datagram]):
             elif len(data) >= 12 and data[0] & 0xC0 == 0x80:
                 ssrc = _SSRC.unpack_from(data, 8)[0]
             if ssrc is not None:
-                endpoint = self.media.endpoint(ssrc)
+                endpoint = self.media.endpoint(int(ssrc))
                 if endpoint is not None:
-                    self.addresses[address] = endpoint.guild_id
-                    return endpoint.guild_id
+                    guild: int = endpoint.guild_id
+                    self.addresses[address] = guild
+                    return guild
         return self.addresses.get(address)
 
     def apply(self, datagram: Datagram) -> list[tuple[float, Datagram]]:
         if not self.rules and not self.inbound:
             return [(0.0, datagram)]
         guild = self._guild_of(*datagram)
-        rate = None if guild is None else self.rules.get(guild)
-        if rate is None:
+        if guild is None or guild not in self.rules:
             return [(0.0, datagram)]
+        rate = self.rules[guild]
         if rate >= 1.0 or self._rng.random() < rate:
             self.dropped += 1
-            self.dropped_by_guild[guild] = self.dropped_by_guild.get(guild, 0) + 1  # type: ignore[index]
+            self.dropped_by_guild[guild] = self.dropped_by_guild.get(guild, 0) + 1
             return []
         return [(0.0, datagram)]
 
@@ -268,8 +278,12 @@ class Chaos:
             and now() - slot.heard.last <= QUIET_HEARD_S
         )
 
-    async def wait_until(self, predicate: Any, timeout: float, step: float = 0.05) -> bool:
-        deadline = now() + timeout
+    async def wait_until(self, predicate: Any, seconds: float, step: float = 0.05) -> bool:
+        """Poll ``predicate`` until true (True) or ``seconds`` passed (False).
+
+        Polled, not woken by the simulator's change events: those fire on every datagram.
+        """
+        deadline = now() + seconds
         while not predicate():
             if now() >= deadline:
                 return False
@@ -307,12 +321,14 @@ class Chaos:
             "loss": rng.uniform(0.2, 0.6),
             "loss_s": rng.uniform(2.0, 8.0),
             "blackhole_s": rng.uniform(2.0, 10.0),
+            "long_blackhole_s": rng.uniform(32.0, 45.0),
             "close_code": rng.choice((4000, 4008)),
         }
         wanted = {
             "server_move": ("gap_s",),
             "udp_loss": ("loss", "loss_s"),
             "udp_blackhole": ("blackhole_s",),
+            "udp_blackhole_long": ("long_blackhole_s",),
             "gw_close": ("close_code",),
         }.get(kind, ())
         return {name: round(draws[name], 3) for name in wanted}
@@ -332,23 +348,32 @@ class Chaos:
                     break  # a quiet point began meanwhile: wait for its end, then look again
             if now() >= self.until:
                 return
-            if not quiet:
-                self.record(
-                    {
-                        "kind": kind.name,
-                        "scope": "connection",
-                        "guild": slot.index,
-                        "shard": slot.shard,
-                        "targets": [slot.index],
-                        "t0": now(),
-                        "t1": now(),
-                        "params": params,
-                        "skipped": f"the connection was not quiet for {QUIET_WAIT_S:g} s",
-                    }
-                )
+            long_for = params.get("long_blackhole_s", 0.0)
+            if now() + long_for > self.until:
+                self.skip(slot, kind, params, "it would outlast the chaos")
+            elif not quiet:
+                self.skip(slot, kind, params, f"not quiet for {QUIET_WAIT_S:g} s")
             else:
                 await self.inject_connection(slot, kind, params)
             due = max(due, now()) + rng.expovariate(1.0 / mean)
+
+    def skip(
+        self, slot: SimGuildSlot, kind: FaultKind, params: dict[str, Any], reason: str
+    ) -> None:
+        at = now()
+        self.record(
+            {
+                "kind": kind.name,
+                "scope": "connection",
+                "guild": slot.index,
+                "shard": slot.shard,
+                "targets": [slot.index],
+                "t0": at,
+                "t1": at,
+                "params": params,
+                "skipped": reason,
+            }
+        )
 
     async def shard_loop(self, shard: int) -> None:
         rng = random.Random(f"{self.args.seed}:shard:{shard}")
@@ -439,7 +464,9 @@ class Chaos:
                     )
             elif kind.name == "channel_move":
                 state = discord.voice_state(slot.guild_id, self.bot_id)
-                target = slot.away if state is not None and state.channel_id == slot.home else slot.home
+                target = (
+                    slot.away if state is not None and state.channel_id == slot.home else slot.home
+                )
                 entry["params"] = {"to": "away" if target == slot.away else "home"}
                 discord.move_bot(slot.guild_id, self.bot_id, target)
             elif kind.name == "voice_hb_stall":
@@ -454,9 +481,10 @@ class Chaos:
                     entry["note"] = "the client never dropped the connection"
                 else:
                     entry["note"] = f"client closed with {session.close_codes[-1:]}"
-            elif kind.name in ("udp_loss", "udp_blackhole"):
+            elif kind.name in ("udp_loss", "udp_blackhole", "udp_blackhole_long"):
                 rate = params["loss"] if kind.name == "udp_loss" else 1.0
-                seconds = params["loss_s"] if kind.name == "udp_loss" else params["blackhole_s"]
+                seconds = params.get("loss_s") or params.get("blackhole_s")
+                seconds = seconds or params["long_blackhole_s"]
                 self.udp_in.rules[slot.guild_id] = rate
                 self.udp_out.rules[slot.guild_id] = rate
                 try:
@@ -487,6 +515,14 @@ class Chaos:
         self.in_flight += 1
         entry["t0"] = now()
         try:
+            # Another fault of the shard may still be under way: wait for it to be back.
+            await self.wait_until(
+                lambda: (
+                    (live := self.gateway_session(shard)) is not None and live.state == "connected"
+                ),
+                SHARD_RECOVERY_S,
+            )
+            entry["t0"] = now()
             session = self.gateway_session(shard)
             if session is None or session.state != "connected":
                 entry["skipped"] = "no live gateway connection"
@@ -499,8 +535,7 @@ class Chaos:
             elif kind.name == "gw_hb_stall":
                 discord.stall_heartbeat_acks(session, True)
                 noticed = await self.wait_until(
-                    lambda: session.state != "connected"
-                    or session.connection_count > connections,
+                    lambda: session.state != "connected" or session.connection_count > connections,
                     3 * GATEWAY_HEARTBEAT_MS / 1000 + 5.0,
                 )
                 discord.stall_heartbeat_acks(session, False)
@@ -509,18 +544,25 @@ class Chaos:
             elif kind.name == "gw_op9":
                 discord.invalid_session(session, False)
                 fresh = await self.wait_until(
-                    lambda: (other := self.gateway_session(shard)) is not None
-                    and other is not session
-                    and other.state == "connected",
+                    lambda: (
+                        (other := self.gateway_session(shard)) is not None
+                        and other is not session
+                        and other.state == "connected"
+                    ),
                     SHARD_RECOVERY_S,
                 )
                 entry["note"] = "re-identified" if fresh else "no new session in time"
                 return
             recovered = await self.wait_until(
-                lambda: session.resume_count > resumes and session.state == "connected",
+                # (Another fault may end the resumed session at once: resumed is enough.)
+                lambda: session.resume_count > resumes or not session.alive,
                 SHARD_RECOVERY_S,
             )
-            if not recovered:
+            if session.resume_count > resumes:
+                pass
+            elif not session.alive:
+                entry["note"] = "the session was invalidated meanwhile (by another fault)"
+            elif not recovered:
                 other = self.gateway_session(shard)
                 entry["note"] = (
                     "re-identified instead of resuming"
@@ -548,8 +590,33 @@ async def housekeeping(discord: LocalDiscord) -> None:
             stream.gaps_ns.clear()
 
 
+class SimLog(logging.Handler):
+    """The simulator's own log (INFO and up) to a file; its ERROR records also counted."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.INFO)
+        self.file = path.open("w", buffering=1)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            self.file.write(f"{now():.4f} {record.levelname} {record.name}: {message}\n")
+            if record.exc_info:
+                self.file.write("".join(traceback.format_exception(*record.exc_info)))
+            if record.levelno >= logging.ERROR and len(self.errors) < 100:
+                self.errors.append(f"{record.name}: {message}")
+        except Exception:
+            self.handleError(record)
+
+
 async def serve(args: argparse.Namespace) -> None:
     scratch = Path(args.scratch)
+    sim_log = SimLog(scratch / "sim.log")
+    testing = logging.getLogger("discore_voice.testing")
+    testing.setLevel(logging.INFO)
+    testing.addHandler(sim_log)
+    testing.propagate = False
     async with open_local_discord(
         tls=args.tls,
         dave="required",
@@ -560,7 +627,9 @@ async def serve(args: argparse.Namespace) -> None:
     ) as discord:
         slots: list[SimGuildSlot] = []
         for index in range(args.connections):
-            guild = discord.add_guild(name=f"soak-{index}", shard=(index % args.shards, args.shards))
+            guild = discord.add_guild(
+                name=f"soak-{index}", shard=(index % args.shards, args.shards)
+            )
             home = guild.add_voice_channel(name="home")
             away = guild.add_voice_channel(name="away")
             slot = SimGuildSlot(index, guild.id, home.id, away.id, index % args.shards)
@@ -628,11 +697,10 @@ async def serve(args: argparse.Namespace) -> None:
                                 "udp_dropped_out": udp_out.dropped,
                                 "cpu_s": cpu_seconds() - cpu0,
                                 "wall_s": now() - wall0,
-                                "rss_peak_kib": resource.getrusage(
-                                    resource.RUSAGE_SELF
-                                ).ru_maxrss,
+                                "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                 "voice_sessions": len(discord.voice.sessions),
                                 "gateway_sessions": len(discord.sessions),
+                                "simulator_errors": sim_log.errors,
                             }
                             Path(words[1]).write_text(json.dumps(report))  # noqa: ASYNC240
                             emit("report", path=words[1])
@@ -656,10 +724,8 @@ def main() -> None:
     parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--scratch", required=True)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve, args)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ async def test_server_move(null_first: bool) -> None:
                 first_ssrc = vc.ssrc
                 if null_first:
                     env.discord.send_voice_server_update(env.guild.id, None)
-                    await settled_until(lambda: not vc.is_connected)
+                    await vc.wait_for(lambda: not vc.is_connected)
                     assert vc.is_connecting and vc.is_valid
                 env.discord.voice_endpoint = other.endpoint_url
                 env.discord.send_voice_server_update(env.guild.id, other.endpoint_url)
@@ -363,7 +363,7 @@ async def test_channel_switch_and_mute_deaf_visible_in_the_simulator() -> None:
                     return state is not None and state.self_mute and state.self_deaf
 
                 await env.discord.wait_for(muted)
-                await settled_until(lambda: vc.self_mute and vc.self_deaf)
+                await vc.wait_for(lambda: vc.self_mute and vc.self_deaf)
                 assert vc.is_connected and vc.invalidation is None
 
 

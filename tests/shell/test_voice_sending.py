@@ -37,7 +37,7 @@ from discore_voice.testing._voice_gateway import (
     open_voice_server,
 )
 
-from .conftest import WAIT, BotInGuild, settled_until
+from .conftest import WAIT, BotInGuild
 
 BLOCK = VoiceConnection.PCM_BLOCK_SIZE
 
@@ -166,7 +166,7 @@ async def test_ogg_opus_passthrough_is_byte_identical(dave: DaveMode) -> None:
             if dave != "off":
                 # Frames sent before the group exists go out unencrypted (DAVE passthrough),
                 # which a member of a DAVE call cannot accept: start once it is ready.
-                await settled_until(lambda: vc.voice_privacy_code is not None)
+                await vc.wait_for(lambda: vc.voice_privacy_code is not None)
             assert await vc.play(source) == len(packets)
             await env.wait_silence(5)
             assert vc.send_stats.frames_encoded == 0  # the encoder never ran

@@ -406,6 +406,19 @@ class VoiceConnection:
         assert invalidation is not None
         return invalidation
 
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        """Wait until ``predicate()`` is true, re-checked after every change of the connection's
+        state (valid, connecting, connected, channel, mute and deaf, speaking, DAVE).
+
+        For the states no event announces, such as a resume in progress:
+        ``await vc.wait_for(lambda: vc.is_connecting)``. Statistics change without waking it.
+        """
+        while True:
+            changed = self._task.changed
+            if predicate():
+                return
+            await changed.wait()
+
     async def _wait(self, done: Callable[[ConnectionState], bool]) -> None:
         while True:
             changed = self._task.changed
