@@ -92,3 +92,39 @@ async def test_a_rejoin_during_an_outage_ignores_the_earlier_connections_replay(
                     assert again.is_connected and again.channel_id == home.id
                     state = discord.voice_state(guild.id, bot)
                     assert state is not None and state.channel_id == home.id
+
+
+async def test_a_join_answered_during_a_gateway_outage_completes_after_it(
+    jump_clock: MockClock,
+) -> None:
+    """Found by the soak: a join sent just before the shard went away timed out, though its
+    answer only waited in the replay; the handshake's timeout does not count the outage."""
+    with trio.fail_after(WAIT * 10):
+        async with open_local_discord(
+            dave="off", heartbeat_interval=10_000, voice_events_gap=2.0
+        ) as discord:
+            guild = discord.add_guild()
+            channel = guild.add_voice_channel()
+            async with open_shard(
+                discord.bot.token, intents=Intents.VOICE_DEFAULT, gateway_url=discord.gateway_url
+            ) as shard:
+                session = live_session(discord)
+                for _ in range(5):  # the shard's backoff grows, as in shard_away_for_long
+                    resumes = session.resume_count
+                    discord.reconnect(session)
+                    await discord.wait_for(lambda r=resumes: session.resume_count > r)  # type: ignore[misc]
+                connected: list[float] = []
+
+                async def join() -> None:
+                    async with voice_connection(shard, guild.id, channel.id, timeout=5) as vc:
+                        connected.append(trio.current_time())
+                        assert vc.is_connected
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(join)
+                    # The op 4 arrives; its VOICE_STATE_UPDATE goes at once, the server update
+                    # two seconds later, by then into the replay of a shard that is away.
+                    await discord.wait_for(lambda: session.ops_received.count(4) == 1)
+                    sent_at = trio.current_time()
+                    discord.reconnect(session)
+                assert connected and connected[0] - sent_at > 5.0  # past the 5 s timeout

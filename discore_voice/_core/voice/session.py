@@ -336,6 +336,7 @@ class VoiceSession:
         self._timers: dict[TimerKind, float] = {}
         self._pending: Invalidated | None = None  # a 4014/4022 that a move may still explain
         self._join_sent = True  # our join's op 4 went out (see connect's sent_marker)
+        self._sent_marker = False
         self._gateway_up = True
         self._counts: Counter[str] = Counter()
         self._closes: Counter[int | None] = Counter()
@@ -415,6 +416,7 @@ class VoiceSession:
         self.phase = Phase.AWAITING_GATEWAY
         self.channel_id = channel_id
         self.self_mute, self.self_deaf = self_mute, self_deaf
+        self._sent_marker = sent_marker
         self._join_sent = not sent_marker
         return [SendVoiceStateUpdate(channel_id, self_mute, self_deaf)]
 
@@ -432,9 +434,22 @@ class VoiceSession:
         self._gateway_up = False
         return []
 
+    @property
+    def gateway_up(self) -> bool:
+        """False while the shard is away (between GATEWAY_DISCONNECTED and GATEWAY_RESUMED)."""
+        return self._gateway_up
+
     def gateway_resumed(self, now: float) -> list[SessionOutput]:
-        """The shard resumed: what it missed is replayed now, a move's dispatches included."""
+        """The shard resumed: what it missed is replayed now, a move's dispatches included.
+
+        A join still unanswered once the replay is over may have been lost with the connection
+        that carried it: it is sent again (Discord answers a repeated join as a re-join).
+        """
         self._gateway_up = True
+        if self.phase is Phase.AWAITING_GATEWAY and self._join_sent and self.channel_id:
+            self._have_state = self._have_server = False
+            self._join_sent = not self._sent_marker
+            return [SendVoiceStateUpdate(self.channel_id, self.self_mute, self.self_deaf)]
         if self._pending is None or self.phase is Phase.INVALID:
             return []
         due = self._timers.get(TimerKind.MOVE_GRACE)

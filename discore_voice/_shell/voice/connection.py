@@ -628,8 +628,7 @@ class VoiceConnection:
         with trio.move_on_after(limit + OP4_QUEUE_ALLOWANCE) as sending:
             await self._request(Connect(channel, self_mute, self_deaf, sent_marker=marker))
         if not sending.cancelled_caught:
-            with trio.move_on_after(limit):
-                await self._wait(_not_connecting)
+            await self._wait_handshake(limit)
         if self.is_connecting:
             detail = (
                 f"the voice handshake did not finish within {limit:g} s (is the channel "
@@ -644,6 +643,27 @@ class VoiceConnection:
         if invalidation is not None:
             return VoiceConnectionFailed(invalidation.reason, invalidation.detail)
         return None
+
+    async def _wait_handshake(self, limit: float) -> None:
+        """Wait for the handshake for ``limit`` seconds of a live gateway.
+
+        While the shard is away its dispatches cannot come (they are replayed after its
+        resume), so that time does not count, up to :data:`OP4_QUEUE_ALLOWANCE` of it: a join
+        made just before a gateway outage still completes after it.
+        """
+        remaining, paused = limit, 0.0
+        while self.is_connecting:
+            started = trio.current_time()
+            if not self._task.state.gateway_up and paused < OP4_QUEUE_ALLOWANCE:
+                with trio.move_on_after(OP4_QUEUE_ALLOWANCE - paused):
+                    await self._wait(_not_waiting_for_gateway)
+                paused += trio.current_time() - started
+                continue
+            if remaining <= 0:
+                return
+            with trio.move_on_after(remaining):
+                await self._wait(_settled_or_gateway_away)
+            remaining -= trio.current_time() - started
 
     async def _leave(self) -> None:
         """Leave the channel, stop every task and close every socket (runs shielded, bounded)."""
@@ -664,8 +684,12 @@ def _settled(state: ConnectionState) -> bool:
     return state.connected or not state.valid
 
 
-def _not_connecting(state: ConnectionState) -> bool:
-    return not state.connecting
+def _not_waiting_for_gateway(state: ConnectionState) -> bool:
+    return state.gateway_up or not state.connecting
+
+
+def _settled_or_gateway_away(state: ConnectionState) -> bool:
+    return not state.connecting or not state.gateway_up
 
 
 def _over(state: ConnectionState) -> bool:

@@ -90,6 +90,7 @@ class ConnectionState:
     self_mute: bool
     self_deaf: bool
     speaking: int
+    gateway_up: bool
     invalidation: Invalidated | None
     dave_protocol_version: int
     dave_epoch: int | None
@@ -404,6 +405,7 @@ class SessionTask:
             self_mute=session.self_mute,
             self_deaf=session.self_deaf,
             speaking=protocol.speaking,
+            gateway_up=session.gateway_up,
             invalidation=session.invalidation,
             dave_protocol_version=0 if dave is None else dave.protocol_version,
             dave_epoch=None if dave is None else dave.epoch,

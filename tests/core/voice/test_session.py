@@ -1010,3 +1010,44 @@ def test_garbage_dispatches_raise_only_protocol_errors(state: Any, server: Any) 
         with contextlib.suppress(ProtocolError):
             call(value, 0.0)
     assert s.is_connecting
+
+
+# --- the main gateway away ----------------------------------------------------------------------
+
+
+def test_dispatches_before_our_joins_marker_are_someone_elses() -> None:
+    s = session()
+    s.connect(CHANNEL, sent_marker=True)
+    # The replay of an earlier connection's dispatches, before our op 4 went out: ignored.
+    assert s.voice_state_update(state_d(OTHER_CHANNEL), 0.0) == []
+    assert s.voice_server_update(server_d(), 0.0) == []
+    s.voice_state_sent({"guild_id": str(GUILD), "channel_id": None})  # a leave's: not ours
+    assert s.voice_state_update(state_d(), 0.0) == []
+    s.voice_state_sent({"guild_id": str(GUILD), "channel_id": str(CHANNEL)})
+    assert s.voice_state_update(state_d(), 0.0) == []
+    assert of_type(s.voice_server_update(server_d(), 0.0), OpenWebSocket)
+
+
+def test_a_join_unanswered_when_the_gateway_resumes_is_sent_again() -> None:
+    s = session()
+    s.connect(CHANNEL, sent_marker=True)
+    s.voice_state_sent({"guild_id": str(GUILD), "channel_id": str(CHANNEL)})
+    s.gateway_disconnected()
+    assert s.gateway_resumed(10.0) == [SendVoiceStateUpdate(CHANNEL, False, False)]
+    # Its own marker again before answers count (the first answers may still be replayed).
+    assert s.voice_state_update(state_d(), 10.0) == []
+    s.voice_state_sent({"guild_id": str(GUILD), "channel_id": str(CHANNEL)})
+    s.voice_state_update(state_d(), 10.0)
+    assert of_type(s.voice_server_update(server_d(), 10.0), OpenWebSocket)
+
+
+def test_a_move_grace_that_runs_out_while_the_gateway_is_away_waits_for_it() -> None:
+    s, _ = joined()
+    handshake(s, Server())
+    s.gateway_disconnected()
+    s.websocket_closed(1, 4022, 1.0)
+    assert fire(s, TimerKind.MOVE_GRACE) == []  # the move's dispatches cannot have come yet
+    assert s.is_valid
+    assert s.gateway_resumed(30.0) == [SetTimer(TimerKind.MOVE_GRACE, 30.0 + MOVE_GRACE_SECONDS)]
+    (inv,) = of_type(fire(s, TimerKind.MOVE_GRACE), Invalidated)
+    assert inv.reason is InvalidationReason.CALL_TERMINATED
