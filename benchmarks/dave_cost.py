@@ -48,7 +48,11 @@ async def measure(frames: int) -> None:
                         if isinstance(event, DaveStateChanged) and event.can_encrypt:
                             break
                 assert member.dave is not None
-                encrypt = vc._media_encryptor
+                # The DAVE layer the session task puts in the sender's link, the one its
+                # stepper seals every frame with (the link itself exists only while playing).
+                media = vc._task._media.media
+                assert media is not None
+                encrypt = media.crypto.encrypt
                 plain = [opus[i % len(opus)] for i in range(frames)]
                 start = time.perf_counter()
                 sealed = [encrypt(frame) for frame in plain]
