@@ -62,7 +62,7 @@ from ._errors import (
     UsageError,
 )
 from ._public import present_as as _present_as
-from ._shell.bridge import ForwardedBridge, GatewayVoiceBridge
+from ._shell.bridge import BRIDGE_EVENTS, ForwardedBridge, GatewayVoiceBridge
 from ._shell.hub import Subscription
 from ._shell.shard.connection import Shard, open_shard, shard_for_guild
 from ._shell.voice.connection import (
@@ -81,6 +81,7 @@ from ._shell.voice.udp import UdpStats
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BRIDGE_EVENTS",
     "DEFAULT_BUFFER_SIZE",
     "OPUS_SILENCE_FRAME",
     "PCM_BLOCK_SIZE",

@@ -30,6 +30,7 @@ import trio
 
 # Sources for play() live in a private module until they are re-exported from discore_voice.
 from discore_voice import (
+    BRIDGE_EVENTS,
     ForwardedBridge,
     Intents,
     PcmSource,
@@ -38,8 +39,6 @@ from discore_voice import (
     open_shard,
     voice_connection,
 )
-
-VOICE_EVENTS = ("VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE")
 
 
 async def read_lines(stream: trio.abc.ReceiveStream) -> Any:
@@ -109,7 +108,9 @@ async def serve_worker(shard: Shard, stream: trio.SocketStream) -> None:
     async with stream, trio.open_nursery() as nursery:
 
         async def forward_dispatches() -> None:
-            with shard.subscribe(*VOICE_EVENTS) as subscription:
+            # The two voice dispatches and the shard's news about its gateway session, so the
+            # worker's connection ends at once if the session is lost and waits out an outage.
+            with shard.subscribe(*BRIDGE_EVENTS) as subscription:
                 async for name, data in subscription:
                     await send_line(stream, lock, {"t": name, "d": data})
 

@@ -33,11 +33,15 @@ from . import dispatches
 from .dispatches import Dispatch
 from .hub import Hub, Subscription
 
-__all__ = ["VOICE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceState"]
+__all__ = ["BRIDGE_EVENTS", "ForwardedBridge", "GatewayVoiceBridge", "SendVoiceState"]
 
 _logger = logging.getLogger("discore_voice.gateway.bridge")
 
-VOICE_EVENTS = frozenset(
+#: What a main bot forwards to a :class:`ForwardedBridge`: ``shard.subscribe(*BRIDGE_EVENTS)``.
+#: The two voice dispatches, and the shard's news about its gateway session (pseudo-dispatches
+#: a shard delivers only to subscriptions that name them): without that news, a connection
+#: behind a bridge cannot end at once when the session is lost, nor wait out an outage.
+BRIDGE_EVENTS = frozenset(
     {
         VOICE_STATE_UPDATE,
         VOICE_SERVER_UPDATE,
@@ -120,19 +124,19 @@ class ForwardedBridge(ClosesOnExit):
         guild_id: int | str | None = None,
     ) -> Subscription[Dispatch]:
         """Receive the forwarded voice events (all if none are named), of one guild if given."""
-        unknown = set(event_names) - VOICE_EVENTS
+        unknown = set(event_names) - BRIDGE_EVENTS
         if unknown:
             raise UsageError(
                 "a forwarded bridge carries only the voice dispatches and the shard's news: "
-                + ", ".join(sorted(VOICE_EVENTS))
+                + ", ".join(sorted(BRIDGE_EVENTS))
             )
         return dispatches.subscribe(
-            self._hub, event_names or VOICE_EVENTS, buffer_size, guild_id=guild_id
+            self._hub, event_names or BRIDGE_EVENTS, buffer_size, guild_id=guild_id
         )
 
     def dispatch(self, event_name: str, data: Any) -> None:
         """Hand over one raw dispatch (``t``, ``d``). Never blocks; other events are ignored."""
-        if event_name not in VOICE_EVENTS or self._hub.closed:
+        if event_name not in BRIDGE_EVENTS or self._hub.closed:
             return
         if event_name in _BROADCAST:
             self._hub.broadcast((event_name, data), name=event_name)  # it routes by no guild

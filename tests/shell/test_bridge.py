@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
+from discore_voice import (
+    BRIDGE_EVENTS,
+    ForwardedBridge,
+    InvalidationReason,
+    Shard,
+    voice_connection,
+)
 from discore_voice._core.gateway.errors import BridgeClosed
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.gateway.voice import (
@@ -22,8 +30,8 @@ from discore_voice._core.gateway.voice import (
 )
 from discore_voice._core.snowflake import Snowflake
 from discore_voice._errors import UsageError
-from discore_voice._shell.bridge import ForwardedBridge, GatewayVoiceBridge
-from discore_voice._shell.shard.connection import Shard, open_shard
+from discore_voice._shell.bridge import GatewayVoiceBridge
+from discore_voice._shell.shard.connection import open_shard
 from discore_voice.testing import LocalDiscord
 
 from .conftest import WAIT
@@ -213,3 +221,61 @@ async def test_forwarded_bridge_never_blocks_and_filters() -> None:
     assert bridge.subscribe().closed
     with pytest.raises(BridgeClosed):
         await bridge.update_voice_state(1, None)
+
+
+async def forward_to(shard: Shard, bridge: ForwardedBridge) -> None:
+    """What a main bot forwards to a worker's bridge, here without the socket in between."""
+    async with shard.subscribe(*BRIDGE_EVENTS) as events:
+        async for name, data in events:
+            bridge.dispatch(name, json.loads(json.dumps(data)))  # as it would cross a wire
+
+
+@pytest.mark.parametrize("how", ["op 9", "close 4009"])
+async def test_a_lost_gateway_session_reaches_a_connection_behind_a_bridge(
+    discord: LocalDiscord, jump_clock: MockClock, how: str
+) -> None:
+    """Without the shard's news forwarded, the worker's connection would stay "valid" and
+    silent until Discord dropped its voice state: the bridge must carry the session's loss."""
+    guild = discord.add_guild(name="g")
+    channel = guild.add_voice_channel(name="v")
+
+    async def send_voice_state(
+        guild_id: Snowflake, channel_id: Snowflake | None, self_mute: bool, self_deaf: bool
+    ) -> None:
+        await shard.update_voice_state(
+            guild_id, channel_id, self_mute=self_mute, self_deaf=self_deaf
+        )
+
+    with trio.fail_after(WAIT):
+        async with (
+            open_shard(
+                discord.bot.token, intents=Intents.VOICE_DEFAULT, gateway_url=discord.gateway_url
+            ) as shard,
+            trio.open_nursery() as nursery,
+        ):
+            with ForwardedBridge(shard.user_id, send_voice_state) as bridge:
+                nursery.start_soon(forward_to, shard, bridge)
+                async with voice_connection(bridge, guild.id, channel.id) as vc:
+                    session = discord.sessions[-1]
+                    lost_at = trio.current_time()
+                    if how == "op 9":
+                        discord.invalid_session(session, False)
+                    else:
+                        discord.close_gateway(session, 4009)
+                    invalidation = await vc.wait_invalidated()
+                    assert trio.current_time() - lost_at < 1.0
+            nursery.cancel_scope.cancel()
+    assert invalidation.reason is InvalidationReason.GATEWAY_CLOSED
+    assert "gateway session" in invalidation.detail
+
+
+def test_bridge_events_name_the_voice_dispatches_and_the_shards_news() -> None:
+    assert {VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE} < BRIDGE_EVENTS
+    with ForwardedBridge(1, _never_sends) as bridge, bridge.subscribe(*BRIDGE_EVENTS):
+        pass  # every name in it is one a forwarded bridge accepts
+
+
+async def _never_sends(
+    guild_id: Snowflake, channel_id: Snowflake | None, self_mute: bool, self_deaf: bool
+) -> None:
+    raise AssertionError("nothing is sent")
