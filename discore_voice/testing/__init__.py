@@ -85,8 +85,8 @@ Documented choices where Discord's docs are silent or the simulator simplifies:
 from __future__ import annotations
 
 from .._public import present_as as _present_as
-from ._dave_gateway import DaveChannel, DaveGateway, DaveMode
-from ._dave_members import SimDaveMember
+from ._dave.gateway import DaveChannel, DaveGateway, DaveMode
+from ._dave.members import SimDaveMember
 from ._faults import ABRUPT, UdpFaults
 from ._gateway import ConnectionInfo
 from ._media import MediaServer
@@ -94,7 +94,7 @@ from ._members import SimMember
 from ._recording import Recording
 from ._sim import LocalDiscord, open_local_discord
 from ._stats import MediaStats, StreamStats
-from ._voice_gateway import VoiceGatewaySession, VoiceServer
+from ._voice.gateway import VoiceGatewaySession, VoiceServer
 from ._world import (
     GUILD_VOICE_STATES,
     GUILDS,

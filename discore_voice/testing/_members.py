@@ -31,7 +31,7 @@ from ._recording import ReceivedPacket, Recording
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
-    from ._dave_members import SimDaveMember
+    from ._dave.members import SimDaveMember
     from ._media import MediaEndpoint, MediaServer
 
 __all__ = ["FRAME_SECONDS", "FrameTransform", "SimMember"]

@@ -17,12 +17,12 @@ import trio
 from .._core.snowflake import Snowflake
 from .._core.transport import SUPPORTED_MODES
 from .._errors import UsageError
-from ._dave_gateway import DEFAULT_TRANSITION_TIMEOUT, DaveMode
+from ._dave.gateway import DEFAULT_TRANSITION_TIMEOUT, DaveMode
 from ._gateway import ConnectionInfo, GatewayServer
 from ._members import SimMember
 from ._rest import RestServer
 from ._tls import TlsMaterial
-from ._voice_gateway import VoiceServer, WorldVoiceAuthority
+from ._voice.gateway import VoiceServer, WorldVoiceAuthority
 from ._world import VoiceEventsOrder, World
 
 __all__ = ["LocalDiscord", "open_local_discord"]

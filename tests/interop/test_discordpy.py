@@ -42,7 +42,7 @@ from discore_voice._core.transport import XCHACHA20_POLY1305_RTPSIZE
 from discore_voice._core.voice.opcodes import VoiceCloseCode, VoiceOpcode
 from discore_voice.testing import LocalDiscord, open_local_discord
 from discore_voice.testing._stats import StreamStats
-from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
+from discore_voice.testing._voice.gateway import VoiceGatewaySession, VoiceServer
 from discore_voice.testing._world import VoiceEventsOrder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import trio.testing
 
 from discore_voice._shell.shard.connection import Shard
 from discore_voice.testing import LocalDiscord, SimChannel, SimGuild, open_local_discord
-from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
+from discore_voice.testing._voice.gateway import VoiceGatewaySession, VoiceServer
 
 WAIT = 30.0
 """Seconds any single test step may take (mock seconds under ``jump_clock``)."""

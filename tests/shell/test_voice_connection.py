@@ -42,7 +42,7 @@ from discore_voice._shell.voice.connection import (
 )
 from discore_voice.testing import open_local_discord
 from discore_voice.testing._faults import ABRUPT
-from discore_voice.testing._voice_gateway import (
+from discore_voice.testing._voice.gateway import (
     WorldVoiceAuthority,
     open_voice_server,
 )

@@ -29,10 +29,10 @@ from discore_voice._errors import NativeLibraryMissing, UsageError
 from discore_voice._shell.shard.connection import open_shard
 from discore_voice._shell.voice.connection import VoiceConnection, voice_connection
 from discore_voice.testing import open_local_discord
-from discore_voice.testing._dave_gateway import DaveMode
+from discore_voice.testing._dave.gateway import DaveMode
 from discore_voice.testing._members import SimMember
 from discore_voice.testing._recording import ReceivedPacket, Recording, ogg_opus_bytes
-from discore_voice.testing._voice_gateway import (
+from discore_voice.testing._voice.gateway import (
     WorldVoiceAuthority,
     open_voice_server,
 )

@@ -35,7 +35,7 @@ from discore_voice._core.voice.payloads import (
 )
 from discore_voice._errors import DaveError, ProtocolError
 from discore_voice.testing import SimMember, VoiceServer
-from discore_voice.testing._voice_gateway import VoiceCredentials
+from discore_voice.testing._voice.gateway import VoiceCredentials
 
 from .voice_client import (
     WAIT,

@@ -190,7 +190,7 @@ async def test_garbage_dave_messages_from_a_bot_are_refused_without_a_crash() ->
 
 def test_members_use_the_library_dave_client() -> None:
     # Every davey call stays behind the core adapter: members are DaveClients too.
-    from discore_voice.testing._dave_members import SimDaveMember
+    from discore_voice.testing._dave.members import SimDaveMember
 
     assert isinstance(SimDaveMember(1, 2).client, DaveClient)
 

@@ -22,8 +22,8 @@ from discore_voice.testing import (
     VoiceServer,
     open_local_discord,
 )
-from discore_voice.testing._dave_gateway import DaveMode
-from discore_voice.testing._voice_gateway import StaticVoiceAuthority, VoiceCredentials
+from discore_voice.testing._dave.gateway import DaveMode
+from discore_voice.testing._voice.gateway import StaticVoiceAuthority, VoiceCredentials
 
 from .conftest import connect_gateway
 from .dave_client import dave_bot, heard_all, in_one_group, matches, tone_frames, wait

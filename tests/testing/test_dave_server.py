@@ -23,26 +23,26 @@ from discore_voice._core.voice.payloads import (
     DavePrepareEpoch,
     DavePrepareTransition,
 )
-from discore_voice.testing._dave_server import (
-    DaveDelivery,
-    DaveServer,
-    RejectedCommit,
-    proposals_payload,
-)
-from discore_voice.testing._mls_codec import (
+from discore_voice.testing._dave.mls_codec import (
     MAX_VARINT,
     TlsReader,
     TlsWriter,
     encode_varint,
     opaque_vector,
 )
-from discore_voice.testing._mls_messages import (
+from discore_voice.testing._dave.mls_messages import (
     build_add_proposal,
     group_id_for_channel,
     parse_commit_welcome,
     parse_key_package,
     parse_welcome,
     public_key_bytes,
+)
+from discore_voice.testing._dave.server import (
+    DaveDelivery,
+    DaveServer,
+    RejectedCommit,
+    proposals_payload,
 )
 
 CHANNEL = 987_654_321_987_654_321

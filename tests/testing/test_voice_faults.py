@@ -19,7 +19,7 @@ from discore_voice._core.voice.payloads import (
     SelectProtocol,
 )
 from discore_voice.testing._faults import ABRUPT, UdpFaults, WebSocketFault
-from discore_voice.testing._voice_gateway import VoiceServer
+from discore_voice.testing._voice.gateway import VoiceServer
 
 from .voice_client import (
     BOT,

@@ -29,7 +29,7 @@ from discore_voice._core.voice.payloads import (
     SessionDescription,
 )
 from discore_voice.testing._media import MediaEndpoint
-from discore_voice.testing._voice_gateway import VoiceGatewaySession, VoiceServer
+from discore_voice.testing._voice.gateway import VoiceGatewaySession, VoiceServer
 
 from .voice_client import (
     BOT,

@@ -9,7 +9,7 @@ import trio
 
 from discore_voice._core.voice.payloads import ClientsConnect, Identify, Ready
 from discore_voice.testing import open_local_discord
-from discore_voice.testing._voice_gateway import VoiceServer, WorldVoiceAuthority
+from discore_voice.testing._voice.gateway import VoiceServer, WorldVoiceAuthority
 
 from .conftest import RawGateway, connect_gateway
 from .voice_client import WAIT, connect_voice

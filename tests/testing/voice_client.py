@@ -36,7 +36,7 @@ from discore_voice._core.voice.payloads import (
     ServerMessage,
     SessionDescription,
 )
-from discore_voice.testing._voice_gateway import (
+from discore_voice.testing._voice.gateway import (
     StaticVoiceAuthority,
     VoiceCredentials,
     VoiceServer,

@@ -52,12 +52,12 @@ from discore_voice._core.voice.payloads import (
     DavePrepareTransition,
     DaveTransitionReady,
 )
-from discore_voice.testing._dave_server import DaveDelivery, DaveServer, RejectedCommit
-from discore_voice.testing._mls_codec import opaque_vector
-from discore_voice.testing._mls_messages import (
+from discore_voice.testing._dave.mls_codec import opaque_vector
+from discore_voice.testing._dave.mls_messages import (
     build_add_proposal,
     group_id_for_channel,
 )
+from discore_voice.testing._dave.server import DaveDelivery, DaveServer, RejectedCommit
 
 CHANNEL = 1_090_123_456_789_012_345
 BOT, ALICE, BOB, CAROL = 1001, 2002, 3003, 4004

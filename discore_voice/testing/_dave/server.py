@@ -40,16 +40,16 @@ from typing import Final, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .._core.voice.frames import ServerBinaryMessage
-from .._core.voice.opcodes import VoiceOpcode
-from .._core.voice.payloads import (
+from ..._core.voice.frames import ServerBinaryMessage
+from ..._core.voice.opcodes import VoiceOpcode
+from ..._core.voice.payloads import (
     DaveExecuteTransition,
     DavePrepareEpoch,
     DavePrepareTransition,
 )
-from .._errors import ProtocolError, UsageError
-from ._mls_codec import TlsWriter
-from ._mls_messages import (
+from ..._errors import ProtocolError, UsageError
+from .mls_codec import TlsWriter
+from .mls_messages import (
     CommitInfo,
     ExternalProposal,
     KeyPackageInfo,

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 
-from .._core.speaking import OPUS_SILENCE_FRAME
-from .._core.voice.dave import (
+from ..._core.speaking import OPUS_SILENCE_FRAME
+from ..._core.voice.dave import (
     DaveClient,
     DaveOutput,
     DaveRecovering,
     DaveStateChanged,
 )
-from .._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
-from .._core.voice.opcodes import VoiceOpcode
-from .._core.voice.payloads import DaveTransitionReady, ServerMessage
-from .._errors import DaveError, DecryptionFailed, ProtocolError
+from ..._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
+from ..._core.voice.opcodes import VoiceOpcode
+from ..._core.voice.payloads import DaveTransitionReady, ServerMessage
+from ..._errors import DaveError, DecryptionFailed, ProtocolError
 
 __all__ = ["SimDaveMember"]
 

@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .._errors import ProtocolError, UsageError
-from ._mls_codec import TlsReader, TlsWriter, opaque_vector
+from ..._errors import ProtocolError, UsageError
+from .mls_codec import TlsReader, TlsWriter, opaque_vector
 
 __all__ = [
     "CIPHERSUITE",

@@ -46,11 +46,11 @@ from typing import Any, Protocol
 import trio
 import trio_websocket
 
-from .._core.snowflake import Snowflake, validate_snowflake
-from .._core.transport import SUPPORTED_MODES, create_cipher
-from .._core.voice.frames import MAX_TEXT_FRAME, ClientBinaryMessage
-from .._core.voice.opcodes import CloseAction, VoiceCloseCode, classify_close
-from .._core.voice.payloads import (
+from ..._core.snowflake import Snowflake, validate_snowflake
+from ..._core.transport import SUPPORTED_MODES, create_cipher
+from ..._core.voice.frames import MAX_TEXT_FRAME, ClientBinaryMessage
+from ..._core.voice.opcodes import CloseAction, VoiceCloseCode, classify_close
+from ..._core.voice.payloads import (
     SECRET_KEY_LENGTH,
     ClientDisconnect,
     ClientMessage,
@@ -64,12 +64,13 @@ from .._core.voice.payloads import (
     ServerSpeaking,
     SessionDescription,
 )
-from .._errors import UsageError
-from ._dave_gateway import DEFAULT_TRANSITION_TIMEOUT, DaveGateway, DaveMode
-from ._faults import WebSocketFault
-from ._media import MediaEndpoint, MediaServer
-from ._members import SimMember
-from ._voice_auth import (
+from ..._errors import UsageError
+from .._dave.gateway import DEFAULT_TRANSITION_TIMEOUT, DaveGateway, DaveMode
+from .._faults import WebSocketFault
+from .._media import MediaEndpoint, MediaServer
+from .._members import SimMember
+from .._ws_server import CLOSE_TIMEOUT, Violation, serve_websockets
+from .auth import (
     StaticVoiceAuthority,
     VoiceAuthority,
     VoiceCredentials,
@@ -78,8 +79,7 @@ from ._voice_auth import (
     _same,
     _VoiceSessionLike,
 )
-from ._voice_connection import VoiceClientConnection, VoiceConnectionInfo, VoiceGatewaySession
-from ._ws_server import CLOSE_TIMEOUT, Violation, serve_websockets
+from .connection import VoiceClientConnection, VoiceConnectionInfo, VoiceGatewaySession
 
 __all__ = [
     "DaveHook",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._errors import ProtocolError, UsageError
+from ..._errors import ProtocolError, UsageError
 
 __all__ = ["MAX_VARINT", "TlsReader", "TlsWriter", "encode_varint", "opaque_vector"]
 

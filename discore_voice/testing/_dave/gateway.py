@@ -45,31 +45,31 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import trio
 
-from .._core.voice.dave import DaveOutput
-from .._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
-from .._core.voice.opcodes import VoiceOpcode
-from .._core.voice.payloads import (
+from ..._core.voice.dave import DaveOutput
+from ..._core.voice.frames import ClientBinaryMessage, ServerBinaryMessage
+from ..._core.voice.opcodes import VoiceOpcode
+from ..._core.voice.payloads import (
     ClientMessage,
     DaveExecuteTransition,
     DaveMlsInvalidCommitWelcome,
     DavePrepareTransition,
     DaveTransitionReady,
 )
-from .._errors import ProtocolError, UsageError
-from ._dave_members import SimDaveMember
-from ._dave_server import (
+from ..._errors import ProtocolError, UsageError
+from .._media import MediaEndpoint
+from .._members import SimMember
+from .._voice.connection import VoiceGatewaySession
+from .members import SimDaveMember
+from .server import (
     DAVE_PROTOCOL_VERSION,
     DaveDelivery,
     DaveServer,
     RejectedCommit,
     ServerDaveMessage,
 )
-from ._media import MediaEndpoint
-from ._members import SimMember
-from ._voice_connection import VoiceGatewaySession
 
 if TYPE_CHECKING:
-    from ._voice_gateway import VoiceServer
+    from .._voice.gateway import VoiceServer
 
 __all__ = ["DEFAULT_TRANSITION_TIMEOUT", "DaveChannel", "DaveGateway", "DaveMode"]
 

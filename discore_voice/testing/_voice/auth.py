@@ -13,9 +13,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._core.snowflake import Snowflake, validate_snowflake
-from .._core.voice.opcodes import VoiceCloseCode
-from .._errors import UsageError
+from ..._core.snowflake import Snowflake, validate_snowflake
+from ..._core.voice.opcodes import VoiceCloseCode
+from ..._errors import UsageError
 
 __all__ = [
     "StaticVoiceAuthority",

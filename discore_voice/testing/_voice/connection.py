@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 import trio_websocket
 
-from .._core.fields import Fields, decode_json_object
-from .._core.voice.frames import (
+from ..._core.fields import Fields, decode_json_object
+from ..._core.voice.frames import (
     MAX_BINARY_FRAME,
     MAX_TEXT_FRAME,
     SEQ_MODULUS,
@@ -27,8 +27,8 @@ from .._core.voice.frames import (
     encode_server_binary,
     encode_server_text,
 )
-from .._core.voice.opcodes import CLIENT_BINARY_OPCODES, VoiceCloseCode, VoiceOpcode
-from .._core.voice.payloads import (
+from ..._core.voice.opcodes import CLIENT_BINARY_OPCODES, VoiceCloseCode, VoiceOpcode
+from ..._core.voice.payloads import (
     CLIENT_MESSAGE_TYPES,
     NO_SEQ_ACK,
     ClientMessage,
@@ -42,14 +42,14 @@ from .._core.voice.payloads import (
     ServerMessage,
     parse_client_payload,
 )
-from .._errors import ProtocolError, UnknownOpcode
-from ._faults import ABRUPT
-from ._media import MediaEndpoint
-from ._voice_auth import VoiceGrant
-from ._ws_server import ServedConnection, Violation
+from ..._errors import ProtocolError, UnknownOpcode
+from .._faults import ABRUPT
+from .._media import MediaEndpoint
+from .._ws_server import ServedConnection, Violation
+from .auth import VoiceGrant
 
 if TYPE_CHECKING:
-    from ._voice_gateway import VoiceServer
+    from .gateway import VoiceServer
 
 __all__ = ["VoiceClientConnection", "VoiceConnectionInfo", "VoiceGatewaySession"]
 
