@@ -723,7 +723,7 @@ class VoiceSession:
             return [self._send(SelectProtocol(address.address, address.port, mode))]
         if self._udp is _Udp.DISCOVERING and self.encryption_mode is not None:
             if self.phase is Phase.CONNECTED and self._socket_open:
-                return [self._reselect(address)]
+                return self._reselect(address, now)
             # The websocket is reconnecting meanwhile: select once it is back (_established).
             self._udp = _Udp.DISCOVERED
             self._rediscovered = address
@@ -770,6 +770,12 @@ class VoiceSession:
         if kind is TimerKind.ATTEMPT:
             return self._attempt_timed_out(now)
         if kind is TimerKind.UDP_RESTART:
+            if self._udp is _Udp.SELECTING:
+                return self._restart_udp(
+                    "the voice server did not answer Select Protocol for a new UDP path"
+                    f" within {ATTEMPT_TIMEOUT:g} s",
+                    now,
+                )
             return self._start_udp_again()
         pending = self._pending
         if pending is None:
@@ -906,7 +912,7 @@ class VoiceSession:
         out = self._attempt_done(now)
         address = self._rediscovered
         if self._udp is _Udp.DISCOVERED and address is not None:
-            out.append(self._reselect(address))
+            out += self._reselect(address, now)
         return out
 
     def _attempt_done(self, now: float) -> list[SessionOutput]:
@@ -916,13 +922,20 @@ class VoiceSession:
         self._established_at = now
         return self._disarm(TimerKind.ATTEMPT)
 
-    def _reselect(self, address: DiscoveredAddress) -> SendVoiceMessage:
+    def _reselect(self, address: DiscoveredAddress, now: float) -> list[SessionOutput]:
         """Select Protocol again, for a re-established UDP path: the voice server learns our new
-        address from it, and answers with a Session Description (the key may be the same)."""
+        address from it, and answers with a Session Description (the key may be the same).
+
+        Unanswered, it would leave the connection valid and mute for good, so it has the
+        attempt's deadline (the UDP restart timer): then it counts as a failed attempt.
+        """
         assert self.encryption_mode is not None
         self._udp = _Udp.SELECTING
         self._rediscovered = None
-        return self._send(SelectProtocol(address.address, address.port, self.encryption_mode))
+        return [
+            self._send(SelectProtocol(address.address, address.port, self.encryption_mode)),
+            self._arm(TimerKind.UDP_RESTART, now + ATTEMPT_TIMEOUT),
+        ]
 
     def _made_progress(self) -> None:
         self._attempts = 0
@@ -1043,6 +1056,7 @@ class VoiceSession:
             if self._udp is _Udp.SELECTING and self.phase is Phase.CONNECTED:
                 self._udp = _Udp.OK
                 self._made_progress()
+                out += self._disarm(TimerKind.UDP_RESTART)
                 out.append(Log(logging.INFO, "the UDP path is re-established"))
             # A key for the same session: after a resume, or for a re-established UDP path.
             return [*out, InstallCipher(description.mode, description.secret_key)]

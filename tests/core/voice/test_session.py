@@ -813,6 +813,45 @@ def test_a_udp_restart_that_keeps_failing_is_given_up() -> None:
     assert "re-establishing UDP failed" in inv.detail
 
 
+def test_an_unanswered_select_protocol_on_a_new_udp_path_is_a_failed_attempt() -> None:
+    """Unanswered, the second Select Protocol left the connection valid and mute for good."""
+    s, _ = joined()
+    handshake(s, Server())
+    s.udp_silent(1, 30.0)
+    (start,) = of_type(fire(s, TimerKind.UDP_RESTART), StartUdp)
+    out = s.ip_discovered(start.generation, DiscoveredAddress(42, "1.2.3.4", 7000), 31.0)
+    assert messages(out) == [SelectProtocol("1.2.3.4", 7000, AES256_GCM_RTPSIZE)]
+    assert s.timer(TimerKind.UDP_RESTART) == 31.0 + ATTEMPT_TIMEOUT
+    out = fire(s, TimerKind.UDP_RESTART)  # no Session Description came
+    assert "did not answer Select Protocol" in of_type(out, Log)[0].message
+    assert s.stats.udp_restarts == 2 and s.is_connecting
+    (start,) = of_type(fire(s, TimerKind.UDP_RESTART), StartUdp)  # a fresh socket, after backoff
+    assert start.generation == 3
+    # Each unanswered attempt counts: the connection ends instead of staying mute.
+    for _ in range(MAX_ATTEMPTS_WITHOUT_PROGRESS):
+        if s.invalidation is not None:
+            break
+        s.ip_discovered(s.udp_generation, DiscoveredAddress(42, "1.2.3.4", 7000), 60.0)
+        fire(s, TimerKind.UDP_RESTART)
+        if s.invalidation is None:
+            fire(s, TimerKind.UDP_RESTART)
+    assert s.invalidation is not None
+    assert s.invalidation.reason is InvalidationReason.RECONNECT_FAILED
+    assert "did not answer Select Protocol" in s.invalidation.detail
+
+
+def test_an_answered_select_protocol_disarms_its_deadline() -> None:
+    s, _ = joined()
+    server = Server()
+    handshake(s, server)
+    s.udp_silent(1, 30.0)
+    fire(s, TimerKind.UDP_RESTART)
+    s.ip_discovered(2, DiscoveredAddress(42, "1.2.3.4", 7000), 31.0)
+    out = s.receive_text(1, server.frame(SessionDescription(AES256_GCM_RTPSIZE, KEY)), 31.5)
+    assert SetTimer(TimerKind.UDP_RESTART, None) in out
+    assert s.timer(TimerKind.UDP_RESTART) is None and s.is_connected
+
+
 def test_a_udp_restart_during_a_resume_selects_once_the_websocket_is_back() -> None:
     s, _ = joined()
     server = Server()
