@@ -7,8 +7,10 @@ How a fault is judged (per target connection, an *episode*):
 
 - Every invalidation (and every failed join, which is one too) is attributed to a fault of that
   connection whose window covers it (``t0 <= t <= t1 + ATTRIBUTION_S``): the latest one that
-  expected that very reason, else the latest disruptive one, else the latest. An invalidation
-  no fault explains is a finding.
+  expected that very reason, else the latest disruptive one, else the latest. A fault the bot
+  learns of through the main gateway (a kick, a move) that falls in an outage of its shard
+  acts when the shard resumes, so its window runs from the outage's end. An invalidation no
+  fault explains is a finding.
 - A join that fails with ERROR because IP discovery got no answer while the connection's UDP
   path was blackholed or lossy (within the 5 s discovery window) is right, and only counted.
 - A fault expecting a reason must get it; the bot then joins again, and the simulator must hear
@@ -49,6 +51,9 @@ REJOIN_S = 8.0
 SLOPE_MIN_SPAN_MIN = 2.5
 #: Faults that impair a connection's UDP path, and how long IP discovery tries (5 x 1 s).
 UDP_FAULTS = frozenset({"udp_loss", "udp_blackhole", "udp_blackhole_long"})
+#: Faults the bot learns of through the main gateway (a voice state or server update): during
+#: an outage of its shard they wait in the gateway's replay, and act when the shard resumes.
+GATEWAY_DELIVERED = frozenset({"kick", "server_move", "channel_move"})
 DISCOVERY_S = 5.0
 #: Findings kept in full in the JSON (the counts cover them all).
 MAX_FINDINGS = 200
@@ -241,8 +246,14 @@ def analyse(
         for g in fault["targets"]:
             if g in episodes:
                 episodes[g].append({"fault": fault, "kind": FAULTS[fault["kind"]], "invs": []})
+    outages: dict[int, list[tuple[float, float]]] = {}
+    for fault in faults:
+        if not fault.get("skipped") and FAULTS[fault["kind"]].scope == "shard":
+            outages.setdefault(fault["shard"], []).append((fault["t0"], fault["t1"]))
     for g in episodes:
         episodes[g].sort(key=lambda e: e["fault"]["t0"])
+        for episode in episodes[g]:
+            episode["until"] = _acts_until(episode, outages) + ATTRIBUTION_S
 
     unexplained = 0
     tolerated: list[dict[str, Any]] = []
@@ -265,11 +276,7 @@ def analyse(
                 # finish IP discovery: failing it is right. The bot joins again afterwards.
                 tolerated.append({"g": g, "t": inv["t"], "during": impaired[-1]["kind"].name})
                 continue
-            candidates = [
-                e
-                for e in episodes[g]
-                if e["fault"]["t0"] <= inv["t"] <= e["fault"]["t1"] + ATTRIBUTION_S
-            ]
+            candidates = [e for e in episodes[g] if e["fault"]["t0"] <= inv["t"] <= e["until"]]
             chosen = None
             for matching in (
                 [e for e in candidates if e["kind"].expect == inv["reason"]],
@@ -552,7 +559,7 @@ def analyse(
 
     spontaneous = 0
     for g, timeline in timelines.items():
-        windows = [(e["fault"]["t0"], e["fault"]["t1"] + ATTRIBUTION_S) for e in episodes[g]]
+        windows = [(e["fault"]["t0"], e["until"]) for e in episodes[g]]
         previous = None
         for t, state in timeline.states:
             if (
@@ -604,6 +611,18 @@ def analyse(
             :MAX_FINDINGS
         ],
     }
+
+
+def _acts_until(episode: dict[str, Any], outages: dict[int, list[tuple[float, float]]]) -> float:
+    """When a fault's effect may last show: its end, or for one the bot learns of through the
+    main gateway, the end of an outage of its shard that it fell in (the replay brings it)."""
+    fault = episode["fault"]
+    end: float = fault["t1"]
+    if episode["kind"].name in GATEWAY_DELIVERED:
+        for start, stop in outages.get(fault.get("shard", -1), ()):
+            if start <= fault["t0"] <= stop:
+                end = max(end, stop)
+    return end
 
 
 def _settles(episode: dict[str, Any]) -> float:

@@ -25,11 +25,13 @@ library's INFO and up) goes to ``--log``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import random
 import ssl
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -118,7 +120,15 @@ def resources() -> dict[str, Any]:
         "threads_other": os_threads - trio_cache - encoders,
         "tasks": count_tasks(),
         "rss": rss_bytes(),
+        # Python's live memory blocks after a full collection: growth here across quiet points
+        # is a leak of objects; RSS growth without it is the allocator keeping its high water.
+        "python_blocks": python_blocks(),
     }
+
+
+def python_blocks() -> int:
+    gc.collect()
+    return sys.getallocatedblocks()
 
 
 def within(sample: dict[str, Any], baseline: dict[str, Any], *, trio_cache: bool) -> bool:

@@ -298,6 +298,7 @@ LOG_FILES = (
     "bot.log",
     "sim.log",
     "clip.opus",
+    "run.json",
 )
 #: Seconds between the bot settling and asking the simulator what it heard.
 RECOVERY_SETTLE_S = 1.5
@@ -368,6 +369,7 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"  threads {sample['threads']:>3}"
             f" (trio cache {sample['threads_trio_cache']}, encoder pool "
             f"{sample['threads_encoder_pool']})  tasks {sample['tasks']:>6}"
+            f"  python blocks {sample.get('python_blocks', 0):>8}"
             f"  {'' if sample['label'].endswith('baseline') else 'ok' if sample['ok'] else 'ABOVE'}"
         )
     print(
@@ -417,7 +419,15 @@ def main() -> int:
     parser.add_argument("--rss-slope-mib-per-min", type=float, default=None)
     parser.add_argument("--json", default=str(HERE / "results" / "soak.json"))
     parser.add_argument("--log-dir", default="")
+    parser.add_argument(
+        "--judge",
+        metavar="LOG_DIR",
+        default="",
+        help="judge an earlier run again from its log directory, without running anything",
+    )
     args = parser.parse_args()
+    if args.judge:
+        return judge_again(Path(args.judge), args.json)
     if args.connections < 1 or args.minutes <= 0:
         parser.error("--connections must be >= 1 and --minutes > 0")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -448,19 +458,46 @@ def main() -> int:
             state["harness_errors"].append(f"the {name} process exited with {code}: {tail}")
     sim_report = state.get("sim_report") or {"faults": [], "heard": {}}
     chaos = state["chaos"] or [0.0, 0.0]
+    # What the judge needs beyond the processes' own files, so the run can be judged again.
+    run = {
+        "args": vars(args),
+        "argv": sys.argv,
+        "chaos": chaos,
+        "settled_at": state.get("settled_at"),
+        "guilds": state["guilds"],
+        "limits": limits,
+        "harness_errors": state["harness_errors"],
+        "shards": state.get("shards"),
+        "wall_s": time.monotonic() - wall,
+        "phases_s": {name: round(at - wall, 2) for name, at in state["phases"].items()},
+    }
+    (logs / "run.json").write_text(json.dumps(run, indent=1))
+    return judge(run, sim_report, logs, args.json)
+
+
+def judge_again(logs: Path, json_path: str) -> int:
+    run = json.loads((logs / "run.json").read_text())
+    sim_report = json.loads((logs / "sim-report.json").read_text())
+    return judge(run, sim_report, logs, json_path)
+
+
+def judge(run: dict[str, Any], sim_report: dict[str, Any], logs: Path, json_path: str) -> int:
+    """Line the run's files up, print the table, write the JSON; 1 if a check failed."""
+    args = argparse.Namespace(**run["args"])
+    chaos = run["chaos"]
     result = analyse(
         faults=sim_report["faults"],
         heard=sim_report["heard"],
         bot_events=read_events(logs / "bot-events.jsonl"),
-        guilds=state["guilds"],
+        guilds=run["guilds"],
         chaos=(chaos[0], chaos[1]),
-        settled_at=state.get("settled_at"),
+        settled_at=run["settled_at"],
         log_lines=read_log(logs / "bot.log"),
-        limits=limits,
-        harness_errors=state["harness_errors"],
+        limits=run["limits"],
+        harness_errors=run["harness_errors"],
     )
     output = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *run["argv"]]),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "args": {
@@ -472,14 +509,14 @@ def main() -> int:
             "op9": args.op9,
             "quiet_every": quiet_every(args),
             "tls": args.tls,
-            "shards": state.get("shards"),
+            "shards": run["shards"],
         },
         "fault_kinds": [
             {"kind": k.name, "scope": k.scope, "weight": k.weight, "expect": k.expect or "valid"}
             for k in CONNECTION_FAULTS + SHARD_FAULTS
         ],
-        "wall_s": time.monotonic() - wall,
-        "phases_s": {name: round(at - wall, 2) for name, at in state["phases"].items()},
+        "wall_s": run["wall_s"],
+        "phases_s": run["phases_s"],
         "log_dir": str(logs),
         "simulator": {
             key: sim_report.get(key)
@@ -511,7 +548,7 @@ def main() -> int:
     )
     for error in sim_report.get("simulator_errors") or []:
         print(f"  SIMULATOR ERROR (not judged; see sim.log): {error[:300]}")
-    path = Path(args.json)
+    path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=1))
     print(f"\nwrote {path}; logs in {logs}")
