@@ -44,6 +44,17 @@ Surface of :class:`LocalDiscord` (the object ``open_local_discord`` yields):
 - Faults: ``move_bot``, ``kick``, ``delete_channel``, ``send_voice_server_update``, ``reconnect``
   (op 7), ``invalid_session`` (op 9), ``close_gateway``, ``stall_heartbeat_acks``,
   ``request_heartbeat``.
+- Simulated members (``add_voice_member(guild_id, channel_id, name=..., listen=True,
+  history=3000)`` -> :class:`SimMember`) as a receiver meets real users: ``speak_opus``,
+  ``speak_pcm``, ``speak_tone`` (with ``announce=False`` or ``announce_after=K`` for audio
+  before op 5), ``send_opus(frame, padding=..., extension_words=...)``; ``member.padding``
+  (RTP padding, 0-255) and ``member.extension_words`` (a 0xBEDE extension) on every packet;
+  ``jump_timestamp(delta)``; ``reconnect()`` (op 13, op 11, a new SSRC); ``leave()``, which
+  also ends a speaking task quietly. ``member.sent`` holds the newest ``history`` frames as
+  :class:`SentFrame` (``opus`` as spoken, before DAVE), ``frames_sent`` counts them all.
+  ``open_local_discord(voice_op12=True)`` adds the undocumented op 12 on every join.
+  ``discord.voice.media.impair(to_client=UdpFaults(drop=, duplicate=, reorder=, delay=,
+  jitter=, seed=))`` impairs what bots receive.
 - Observability: ``sessions`` (every identified :class:`GatewaySession`: ``identify`` without the
   token, ``intents``, ``shard``, ``ops_received``, ``received``, ``dispatches``, ``sent``,
   ``close_codes``, ``state``), ``connections`` (every websocket, identified or not:
@@ -90,7 +101,7 @@ from ._dave.members import SimDaveMember
 from ._faults import ABRUPT, UdpFaults
 from ._gateway import ConnectionInfo
 from ._media import MediaServer
-from ._members import SimMember
+from ._members import SentFrame, SimMember
 from ._recording import Recording
 from ._sim import LocalDiscord, open_local_discord
 from ._stats import MediaStats, StreamStats
@@ -125,6 +136,7 @@ __all__ = [
     "MediaServer",
     "MediaStats",
     "Recording",
+    "SentFrame",
     "SimChannel",
     "SimDaveMember",
     "SimGuild",

@@ -34,9 +34,15 @@ class UdpFaults(Generic[_T]):
 
     ``reorder`` holds a datagram back and lets the next one overtake it; ``delay`` adds
     ``delay_seconds`` to a datagram (which also reorders it relative to undelayed ones).
+    ``jitter`` (seconds) adds a uniform random delay in ``[0, jitter]`` to every datagram that
+    leaves, each copy drawn on its own: a jitter above the 20 ms frame spacing reorders a
+    stream the way a congested path does, with no datagram later than the bound.
     Each datagram is decided independently, in the order drop, duplicate, reorder, delay, so a
     dropped datagram is never also duplicated. Items are opaque (the media server passes a
     datagram with its destination), so a held datagram keeps its address.
+
+    Jitter draws from its own generator (seeded from ``seed`` as well), so turning it on leaves
+    every drop, duplicate, reorder and delay decision of a seed exactly where it was.
     """
 
     seed: int = 0
@@ -45,11 +51,15 @@ class UdpFaults(Generic[_T]):
     reorder: float = 0.0
     delay: float = 0.0
     delay_seconds: float = 0.05
+    jitter: float = 0.0
     dropped: int = 0
     duplicated: int = 0
     reordered: int = 0
     delayed: int = 0
+    #: Datagrams that left with a jitter delay added (duplicates counted once per copy).
+    jittered: int = 0
     _rng: random.Random = field(init=False, repr=False)
+    _jitter_rng: random.Random = field(init=False, repr=False)
     _held: _T | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,7 +67,10 @@ class UdpFaults(Generic[_T]):
             _rate(name, getattr(self, name))
         if self.delay_seconds < 0:
             raise UsageError("delay_seconds cannot be negative")
+        if not 0.0 <= self.jitter < float("inf"):
+            raise UsageError(f"jitter must be a finite number of seconds >= 0, got {self.jitter}")
         self._rng = random.Random(self.seed)
+        self._jitter_rng = random.Random(f"jitter-{self.seed}")
 
     def apply(self, datagram: _T) -> list[tuple[float, _T]]:
         """What leaves the link for one datagram: ``(delay in seconds, datagram)`` pairs."""
@@ -75,14 +88,14 @@ class UdpFaults(Generic[_T]):
             self.reordered += 1
             self._held = datagram
             copies.pop(0)
-            return [(0.0, copy) for copy in copies]
+            return [(self._jittered(0.0), copy) for copy in copies]
         wait = 0.0
         if delay < self.delay:
             self.delayed += 1
             wait = self.delay_seconds
-        out = [(wait, copy) for copy in copies]
+        out = [(self._jittered(wait), copy) for copy in copies]
         if self._held is not None:
-            out.append((wait, self._held))
+            out.append((self._jittered(wait), self._held))
             self._held = None
         return out
 
@@ -90,6 +103,12 @@ class UdpFaults(Generic[_T]):
         """Release a held datagram (at the end of a stream nothing would overtake it)."""
         held, self._held = self._held, None
         return [] if held is None else [(0.0, held)]
+
+    def _jittered(self, wait: float) -> float:
+        if self.jitter <= 0.0:
+            return wait
+        self.jittered += 1
+        return wait + self._jitter_rng.uniform(0.0, self.jitter)
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,16 @@ from ._faults import UdpFaults
 from ._recording import ReceivedPacket, Recording
 from ._stats import ClockSource, MediaStats
 
-__all__ = ["AudioSink", "MediaEndpoint", "MediaServer", "Participant"]
+__all__ = ["ONE_BYTE_EXTENSION_PROFILE", "AudioSink", "MediaEndpoint", "MediaServer", "Participant"]
 
 logger = logging.getLogger("discore_voice.testing.media")
 
 _MAX_DATAGRAM = 2048
+#: RFC 8285's profile for one-byte-header extension elements, the kind Discord's clients send.
+ONE_BYTE_EXTENSION_PROFILE = 0xBEDE
+_MAX_PADDING = 255
+# The preamble's length field is 16 bits.
+_MAX_EXTENSION_WORDS = 0xFFFF
 # Linux's SO_TIMESTAMPNS; the socket module does not export it. Its control message type has the
 # same number, and carries a struct timespec of two native longs.
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -100,6 +105,33 @@ class MediaEndpoint:
     @property
     def room(self) -> tuple[int, int]:
         return (self.guild_id, self.channel_id)
+
+
+def _dressed(
+    packet: ReceivedPacket, ssrc: int, padding: int, extension_body: bytes
+) -> tuple[RtpHeader, bytes]:
+    """The header and plaintext payload of a packet with RTP padding and/or an extension."""
+    if not 0 <= padding <= _MAX_PADDING:
+        raise UsageError(f"RTP padding is 0-{_MAX_PADDING} bytes, got {padding}")
+    words, odd = divmod(len(extension_body), 4)
+    if odd or words > _MAX_EXTENSION_WORDS:
+        raise UsageError(
+            f"an RTP extension body is a whole number of 32-bit words (at most "
+            f"{_MAX_EXTENSION_WORDS}), got {len(extension_body)} bytes"
+        )
+    header = RtpHeader(
+        packet.sequence,
+        packet.timestamp,
+        ssrc,
+        padding=padding > 0,
+        extension_profile=ONE_BYTE_EXTENSION_PROFILE if extension_body else None,
+        extension_length=words,
+    )
+    payload = packet.payload
+    if padding:
+        # RFC 3550 5.1: the last padding octet counts the padding, itself included.
+        payload += bytes(padding - 1) + bytes((padding,))
+    return header, payload
 
 
 def _kernel_arrival(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -329,12 +361,27 @@ class MediaServer:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def relay(self, source: MediaEndpoint, packet: ReceivedPacket) -> None:
+    def relay(
+        self,
+        source: MediaEndpoint,
+        packet: ReceivedPacket,
+        *,
+        padding: int = 0,
+        extension_body: bytes = b"",
+    ) -> None:
         """Pass one Opus frame from ``source`` to everyone else in its channel.
 
         Remote peers get it re-encrypted with their own key and counter, under the sender's
         SSRC, exactly as Discord forwards a member's audio; listening members get it directly.
+        ``padding`` (1-255 bytes, the P bit) and ``extension_body`` (a one-byte-header RTP
+        extension, profile 0xBEDE, a whole number of 32-bit words) dress the forwarded packets
+        the way Discord's own clients do: both sit inside the ciphertext in the rtpsize modes,
+        so only a receiver that strips them after decrypting gets the frame back.
         """
+        header: RtpHeader | None = None
+        payload = packet.payload
+        if padding or extension_body:
+            header, payload = _dressed(packet, source.ssrc, padding, extension_body)
         for peer in self.peers(source):
             if peer.kind == "member":
                 if peer.sink is not None:
@@ -342,9 +389,12 @@ class MediaServer:
                 continue
             if peer.cipher_out is None or peer.address is None:
                 continue
-            datagram = peer.cipher_out.encrypt_opus(
-                packet.sequence, packet.timestamp, source.ssrc, packet.payload
-            )
+            if header is None:
+                datagram = peer.cipher_out.encrypt_opus(
+                    packet.sequence, packet.timestamp, source.ssrc, payload
+                )
+            else:
+                datagram = peer.cipher_out.encrypt(header, payload, extension_body=extension_body)
             self.stats.relayed += 1
             self._send(datagram, peer.address)
 

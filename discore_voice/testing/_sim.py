@@ -19,7 +19,7 @@ from .._core.transport import SUPPORTED_MODES
 from .._errors import UsageError
 from ._dave.gateway import DEFAULT_TRANSITION_TIMEOUT, DaveMode
 from ._gateway import ConnectionInfo, GatewayServer
-from ._members import SimMember
+from ._members import DEFAULT_HISTORY, SimMember
 from ._rest import RestServer
 from ._tls import TlsMaterial
 from ._voice.gateway import VoiceServer, WorldVoiceAuthority
@@ -81,15 +81,19 @@ class LocalDiscord(World):
         *,
         name: str = "member",
         listen: bool = True,
+        history: int | None = DEFAULT_HISTORY,
     ) -> SimMember:
         """A simulated human in a voice channel, seen by bots on both gateways.
 
         It joins the guild, gets a voice state on the main gateway, and speaks and listens on
-        the voice server; ``member.leave()`` takes it out of the voice server only.
+        the voice server; ``member.leave()`` and ``member.reconnect()`` act on the voice server
+        only. ``history`` bounds its per-packet records (``SimMember.history``).
         """
         user = self.guild(guild_id).add_member(name)
         self.set_voice_state(guild_id, user.user_id, channel_id)
-        return self.voice.add_member(guild_id, channel_id, user.user_id, listen=listen)
+        return self.voice.add_member(
+            guild_id, channel_id, user.user_id, listen=listen, history=history
+        )
 
     @property
     def connections(self) -> list[ConnectionInfo]:
@@ -126,6 +130,7 @@ async def open_local_discord(
     resend_session_description_on_resume: bool = False,
     dave: DaveMode = "optional",
     dave_transition_timeout: float = DEFAULT_TRANSITION_TIMEOUT,
+    voice_op12: bool = False,
 ) -> AsyncIterator[LocalDiscord]:
     """Run a local Discord until the block ends.
 
@@ -139,6 +144,8 @@ async def open_local_discord(
     4017); ``"optional"`` (the default, so clients without DAVE can still be tested) runs DAVE
     and makes the call transport-only while a client without it is present; ``"off"`` speaks
     no DAVE at all. ``dave_transition_timeout`` is how long a transition waits for op 23s.
+    ``voice_op12`` makes the voice server send the undocumented op 12 (a participant's SSRCs)
+    on every join, as Discord does in the wild (``discord.voice.send_op12`` toggles it later).
     """
     material = TlsMaterial() if tls else None
     try:
@@ -163,6 +170,7 @@ async def open_local_discord(
             resend_session_description_on_resume=resend_session_description_on_resume,
             dave_mode=dave,
             dave_transition_timeout=dave_transition_timeout,
+            send_op12=voice_op12,
         )
         discord._gateway, discord._rest, discord._voice_server = gateway, rest, voice
         async with trio.open_nursery() as nursery:

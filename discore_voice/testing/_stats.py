@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from .._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timestamp_distance
 from .._core.speaking import OPUS_SILENCE_FRAME
 
-__all__ = ["ClockSource", "MediaStats", "StreamStats", "percentile"]
+__all__ = ["ClockSource", "MediaStats", "StreamStats", "keep_newest", "percentile"]
 
 #: ``"kernel"``: SO_TIMESTAMPNS receive timestamps; ``"monotonic"``: ``time.monotonic_ns`` taken
 #: when the packet was read, which includes scheduling delay.
@@ -27,6 +27,19 @@ ClockSource = Literal["kernel", "monotonic"]
 
 #: How many recent sequence numbers are remembered to tell a duplicate from a late packet.
 _DUPLICATE_WINDOW = 1024
+
+_T = TypeVar("_T")
+
+
+def keep_newest(items: list[_T], keep: int | None) -> None:
+    """Bound a per-packet history to (at least) its newest ``keep`` items; None keeps all.
+
+    The list is cut back to ``keep`` only once it holds twice that, so a long run pays O(1) per
+    item amortised instead of copying the list on every append; the price is holding up to
+    ``2 * keep`` items. Lists stay lists, so callers keep slicing and comparing them.
+    """
+    if keep is not None and len(items) > 2 * keep:
+        del items[: len(items) - keep]
 
 
 def percentile(values: list[int], fraction: float) -> int:
@@ -60,6 +73,9 @@ class StreamStats:
     gap_events: int = 0
     #: Inter-arrival gaps in nanoseconds, in arrival order.
     gaps_ns: list[int] = field(default_factory=list, repr=False)
+    #: Keep only (at least) the newest this many gaps (see :func:`keep_newest`); None: all.
+    #: Simulated members set it, so a long run with many listeners stays bounded.
+    max_gaps: int | None = field(default=None, repr=False)
     _first_ext: int | None = field(default=None, repr=False)
     _highest_ext: int = field(default=0, repr=False)
     _highest_seq: int = field(default=0, repr=False)
@@ -77,6 +93,7 @@ class StreamStats:
             self.silence_frames += 1
         if self._last_arrival_ns is not None:
             self.gaps_ns.append(max(0, arrival_ns - self._last_arrival_ns))
+            keep_newest(self.gaps_ns, self.max_gaps)
         self._last_arrival_ns = arrival_ns
         if self._first_ext is None:
             self._first_ext = self._highest_ext = sequence

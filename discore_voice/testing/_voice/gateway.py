@@ -31,6 +31,11 @@ Documented choices where Discord's docs are silent:
   4017 on an Identify whose ``max_dave_protocol_version`` is lower.
 - ``dave_mode`` other than ``"off"`` installs the simulator's own DAVE layer
   (``_dave_gateway``); see there for what ``"optional"`` does in mixed calls.
+- ``send_op12`` (off by default) sends the undocumented op 12 some receivers see in the wild,
+  ``{"user_id", "audio_ssrc", "video_ssrc": 0, "rtx_ssrc": 0, "streams": []}``, numbered like
+  any message: to the bots already in a channel about whoever joins (after its op 11), and to a
+  joining bot about everyone already there. When Discord sends it to a joining client is not
+  known; the simulator's choice gives a receiver every SSRC before anyone speaks.
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ from ..._core.voice.payloads import (
 from ..._errors import UsageError
 from .._dave.gateway import DEFAULT_TRANSITION_TIMEOUT, DaveGateway, DaveMode
 from .._faults import WebSocketFault
-from .._media import MediaEndpoint, MediaServer
-from .._members import SimMember
+from .._media import AudioSink, MediaEndpoint, MediaServer
+from .._members import DEFAULT_HISTORY, SimMember
 from .._ws_server import CLOSE_TIMEOUT, Violation, serve_websockets
 from .auth import (
     StaticVoiceAuthority,
@@ -158,7 +163,8 @@ class VoiceServer:
     when no DAVE layer is installed (a test plugging in its own hook). ``dave_mode`` installs the
     simulator's DAVE layer: ``"required"`` (4017 for clients without DAVE) or ``"optional"``
     (they get a transport-only call); ``dave_transition_timeout`` is how long (seconds) it waits
-    for members' op 23. ``ssl_context`` serves wss://.
+    for members' op 23. ``ssl_context`` serves wss://. ``send_op12`` (also settable later)
+    sends the undocumented op 12 on every join; see the module's notes.
     """
 
     def __init__(
@@ -174,6 +180,7 @@ class VoiceServer:
         ssl_context: ssl.SSLContext | None = None,
         resend_session_description_on_resume: bool = False,
         max_buffered: int = 1000,
+        send_op12: bool = False,
     ) -> None:
         if not modes:
             raise UsageError("a voice server must offer at least one encryption mode")
@@ -185,6 +192,8 @@ class VoiceServer:
         #: discord.py expects a fresh Session Description after Resumed; Discord's docs do not.
         self.resend_session_description_on_resume = resend_session_description_on_resume
         self.max_buffered = max_buffered
+        #: Send the undocumented op 12 (a participant's SSRCs) on every join.
+        self.send_op12 = send_op12
         self.dave: DaveHook | None = None
         if dave_mode not in ("off", "optional", "required"):
             raise UsageError(f"dave_mode is 'off', 'optional' or 'required', not {dave_mode!r}")
@@ -303,12 +312,21 @@ class VoiceServer:
     # -- members -------------------------------------------------------------------------------
 
     def add_member(
-        self, guild_id: int, channel_id: int, user_id: int, *, listen: bool = True
+        self,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        *,
+        listen: bool = True,
+        history: int | None = DEFAULT_HISTORY,
     ) -> SimMember:
         """Place a simulated member in a channel: bots there get Clients Connect for it.
 
         This is the voice side only; to make the member visible on the main gateway as well,
         give it a voice state in the world (``set_voice_state``) with the same ids.
+        ``history`` bounds the member's per-packet records (see ``SimMember.history``); a run
+        with many members for minutes also wants ``listen=False``, since every listening
+        member receives every other member's frames.
         """
         member = SimMember(
             self,
@@ -316,15 +334,34 @@ class VoiceServer:
             validate_snowflake(channel_id, name="channel_id"),
             validate_snowflake(user_id, name="user_id"),
             self._allocate_ssrc(),
+            history=history,
         )
         member.listening = listen
-        member.endpoint = MediaEndpoint(
-            member, member.guild_id, member.channel_id, member.ssrc, "member"
-        )
-        member.endpoint.sink = member.receive_audio
+        endpoint = self._place(member)
         self.members.append(member)
-        self._join(member.endpoint)
+        self._join(endpoint)
         return member
+
+    def _place(self, member: SimMember, sink: AudioSink | None = None) -> MediaEndpoint:
+        endpoint = MediaEndpoint(member, member.guild_id, member.channel_id, member.ssrc, "member")
+        endpoint.sink = member.receive_audio if sink is None else sink
+        member.endpoint = endpoint
+        return endpoint
+
+    def member_reconnect(self, member: SimMember, *, present: bool) -> None:
+        """Leave (if ``present``) and join again under a new SSRC: see ``SimMember.reconnect``.
+
+        A sink a test installed on the old endpoint moves to the new one, so whatever was
+        listening through it keeps hearing the call.
+        """
+        ssrc = self._allocate_ssrc()
+        while ssrc == member.ssrc:  # free again if it had left: a reconnect must change it
+            ssrc = self._allocate_ssrc()
+        old = member.endpoint
+        if present and old is not None:
+            self._leave(old)
+        member.ssrc = ssrc
+        self._join(self._place(member, None if old is None else old.sink))
 
     def member_speaking(self, member: SimMember, flags: int) -> None:
         assert member.endpoint is not None
@@ -344,6 +381,10 @@ class VoiceServer:
             endpoint.owner.notify(ClientsConnect(tuple(peer.user_id for peer in peers)))
         for peer in peers:
             peer.owner.notify(ClientsConnect((endpoint.user_id,)))
+        if self.send_op12:
+            for peer in peers:
+                _send_op12(peer, endpoint)
+                _send_op12(endpoint, peer)
         for peer in peers:
             if peer.speaking:
                 endpoint.owner.notify(ServerSpeaking(peer.user_id, peer.ssrc, peer.speaking))
@@ -567,6 +608,26 @@ class VoiceServer:
         if session._connection is not None:
             session._connection.close(code, _describe(code))
         self._end_session(session)
+
+
+#: The undocumented op 12; the core's opcode enum may not name it, so the number is used.
+OP12 = 12
+
+
+def _send_op12(to: MediaEndpoint, about: MediaEndpoint) -> None:
+    """Tell a bot ``about``'s audio SSRC; members live in process and need no such hint."""
+    owner = to.owner
+    if isinstance(owner, VoiceGatewaySession):
+        owner.send_json(
+            OP12,
+            {
+                "user_id": str(about.user_id),
+                "audio_ssrc": about.ssrc,
+                "video_ssrc": 0,
+                "rtx_ssrc": 0,
+                "streams": [],
+            },
+        )
 
 
 def _describe(code: int) -> str:
