@@ -2,24 +2,26 @@
 
 The raw packets (in arrival order, with their RTP numbers) are what byte-identical passthrough
 tests compare against; PCM is decoded only when asked for, because most tests never listen and
-decoding costs far more than keeping bytes. The Ogg Opus writer is our own (RFC 3533 pages with
-their CRC, RFC 7845 headers), so writing a recording needs no libopusenc and copies each packet
-through unchanged: the file holds exactly what the bot sent.
+decoding costs far more than keeping bytes. Files are written by the library's own streaming
+writers (:mod:`discore_voice._audio.ogg_writer`), the ones recording bots use, so the simulator
+exercises them and an Ogg file holds exactly the packets the bot sent.
 """
 
 from __future__ import annotations
 
 import io
-import struct
-import wave
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
+from .._audio.ogg import ogg_crc32
+from .._audio.ogg import opus_packet_samples as _toc_samples
+from .._audio.ogg_writer import DEFAULT_PRE_SKIP, OggOpusPaginator, OggOpusWriter, WavWriter
 from .._core.rtp import sequence_distance
 
 __all__ = [
+    "DEFAULT_PRE_SKIP",
     "ReceivedPacket",
     "Recording",
     "ogg_crc32",
@@ -31,13 +33,9 @@ __all__ = [
 SAMPLE_RATE = 48_000
 CHANNELS = 2
 SAMPLE_WIDTH = 2
-#: The encoder delay RFC 7845 recommends announcing when the real one is unknown; libopus' own
-#: lookahead at 48 kHz is 312 samples, which is what our encoder and Discord's clients use.
-DEFAULT_PRE_SKIP = 312
 #: A gap longer than this (in packets) is a new talk spurt, not loss: concealing it would only
 #: fill the recording with a second of synthetic noise.
 _MAX_CONCEALED_FRAMES = 25
-_MAX_SEGMENTS = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +84,12 @@ class Recording:
 
     def pcm(self) -> bytes:
         """48 kHz stereo s16le, with lost frames concealed (PLC) so timing is preserved."""
+        return b"".join(self._pcm_blocks())
+
+    def _pcm_blocks(self) -> Iterator[bytes]:
+        """The PCM one packet (or one concealed loss) at a time, so a WAV is written in blocks."""
         from .._audio.opus import OpusDecoder
 
-        out = bytearray()
         with OpusDecoder() as decoder:
             previous: ReceivedPacket | None = None
             for packet in self.in_order():
@@ -96,147 +97,65 @@ class Recording:
                     missing = sequence_distance(previous.sequence, packet.sequence) - 1
                     if 0 < missing <= _MAX_CONCEALED_FRAMES:
                         for _ in range(missing):
-                            out += decoder.decode(None)
-                out += decoder.decode(packet.payload)
+                            yield decoder.decode(None)
+                yield decoder.decode(packet.payload)
                 previous = packet
-        return bytes(out)
 
     def wav_bytes(self) -> bytes:
-        return pcm_to_wav_bytes(self.pcm())
+        buffer = io.BytesIO()
+        self._write_wav(buffer)
+        return buffer.getvalue()
 
-    def write_wav(self, target: str | Path | BinaryIO) -> None:
-        _write(target, self.wav_bytes())
+    def write_wav(self, target: str | os.PathLike[str] | BinaryIO) -> None:
+        if isinstance(target, str | os.PathLike) or _seekable(target):
+            self._write_wav(target)
+        else:
+            # A pipe cannot have its header patched; the recording is in memory anyway, so
+            # build the file first and give the pipe exact sizes.
+            target.write(self.wav_bytes())
+
+    def _write_wav(self, target: str | os.PathLike[str] | BinaryIO) -> None:
+        with WavWriter(target, channels=CHANNELS, sample_rate=SAMPLE_RATE) as writer:
+            for block in self._pcm_blocks():
+                writer.write(block)
 
     def ogg_bytes(self, *, serial: int = 0x5EC0DE, pre_skip: int = DEFAULT_PRE_SKIP) -> bytes:
-        return ogg_opus_bytes(
-            [packet.payload for packet in self.in_order()], serial=serial, pre_skip=pre_skip
-        )
+        buffer = io.BytesIO()
+        self._write_ogg(buffer, serial=serial, pre_skip=pre_skip)
+        return buffer.getvalue()
 
-    def write_ogg(self, target: str | Path | BinaryIO, *, serial: int = 0x5EC0DE) -> None:
-        _write(target, self.ogg_bytes(serial=serial))
+    def write_ogg(
+        self, target: str | os.PathLike[str] | BinaryIO, *, serial: int = 0x5EC0DE
+    ) -> None:
+        self._write_ogg(target, serial=serial, pre_skip=DEFAULT_PRE_SKIP)
+
+    def _write_ogg(
+        self, target: str | os.PathLike[str] | BinaryIO, *, serial: int, pre_skip: int
+    ) -> None:
+        with OggOpusWriter(target, serial=serial & 0xFFFF_FFFF, pre_skip=pre_skip) as writer:
+            for packet in self.in_order():
+                writer.write(packet.payload)
 
 
-def _write(target: str | Path | BinaryIO, data: bytes) -> None:
-    if isinstance(target, str | Path):
-        Path(target).write_bytes(data)
-    else:
-        target.write(data)
+def _seekable(target: BinaryIO) -> bool:
+    seekable = getattr(target, "seekable", None)
+    return callable(seekable) and bool(seekable())
 
 
 def pcm_to_wav_bytes(pcm: bytes) -> bytes:
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(CHANNELS)
-        writer.setsampwidth(SAMPLE_WIDTH)
-        writer.setframerate(SAMPLE_RATE)
-        writer.writeframes(pcm)
+    with WavWriter(buffer, channels=CHANNELS, sample_rate=SAMPLE_RATE) as writer:
+        writer.write(pcm)
     return buffer.getvalue()
 
 
-# --- Ogg (RFC 3533) -----------------------------------------------------------------------------
-
-
-def _crc_table() -> tuple[int, ...]:
-    # Ogg's CRC: polynomial 0x04C11DB7, MSB first, initial value 0, no final XOR (unlike zlib's).
-    table = []
-    for index in range(256):
-        crc = index << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else (crc << 1)
-        table.append(crc & 0xFFFFFFFF)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-_PAGE_HEADER = struct.Struct("<4sBBqIII")
-_CONTINUED = 0x01
-_BOS = 0x02
-_EOS = 0x04
-
-
-def ogg_crc32(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[(crc >> 24) ^ byte]
-    return crc
-
-
-def _page(
-    flags: int, granule: int, serial: int, sequence: int, segments: Sequence[int], body: bytes
-) -> bytes:
-    header = _PAGE_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0)
-    header += bytes((len(segments),)) + bytes(segments)
-    crc = ogg_crc32(header + body)
-    return header[:22] + struct.pack("<I", crc) + header[26:] + body
-
-
-def _lacing(size: int) -> list[int]:
-    # A packet is 255-byte segments then one shorter segment (0 when the size is a multiple).
-    return [255] * (size // 255) + [size % 255]
-
-
-class _OggStream:
-    """Pages of one logical stream; a packet that does not fit continues on the next page."""
-
-    def __init__(self, serial: int) -> None:
-        self.serial = serial
-        self.sequence = 0
-        self.out = bytearray()
-
-    def packet_page(self, packet: bytes, granule: int, *, flags: int = 0) -> None:
-        """One packet on its own page(s): simple, and every page ends at a packet boundary."""
-        lacing = _lacing(len(packet))
-        offset = 0
-        continued = False
-        while True:
-            chunk = lacing[:_MAX_SEGMENTS]
-            lacing = lacing[_MAX_SEGMENTS:]
-            size = sum(chunk)
-            last = not lacing
-            page_flags = flags | (_CONTINUED if continued else 0)
-            if not last:
-                page_flags &= ~_EOS
-            # A page on which no packet ends carries granule -1 (RFC 3533).
-            self.out += _page(
-                page_flags,
-                granule if last else -1,
-                self.serial,
-                self.sequence,
-                chunk,
-                packet[offset : offset + size],
-            )
-            self.sequence += 1
-            offset += size
-            continued = True
-            flags &= ~_BOS
-            if last:
-                return
-
-
 def opus_packet_samples(packet: bytes) -> int:
-    """Samples (at 48 kHz) one Opus packet decodes to, from its TOC byte (RFC 6716, 3.1).
+    """:func:`discore_voice._audio.ogg.opus_packet_samples`, but 0 for an empty packet.
 
-    Needed for Ogg granule positions; Discord's packets are 20 ms, but a recording must stay
-    correct for whatever a bot sends.
+    The TOC parsing lives there; this only keeps the simulator's old answer for an empty
+    payload (no TOC, so no duration) instead of that function's ProtocolError.
     """
-    if not packet:
-        return 0
-    toc = packet[0]
-    config = toc >> 3
-    if config < 12:  # SILK: 10, 20, 40, 60 ms
-        frame = (480, 960, 1920, 2880)[config & 3]
-    elif config < 16:  # hybrid: 10, 20 ms
-        frame = (480, 960)[config & 1]
-    else:  # CELT: 2.5, 5, 10, 20 ms
-        frame = (120, 240, 480, 960)[config & 3]
-    code = toc & 3
-    if code == 0:
-        count = 1
-    elif code in (1, 2):
-        count = 2
-    else:
-        count = packet[1] & 0x3F if len(packet) > 1 else 0
-    return frame * count
+    return _toc_samples(packet) if packet else 0
 
 
 def ogg_opus_bytes(
@@ -246,20 +165,22 @@ def ogg_opus_bytes(
     pre_skip: int = DEFAULT_PRE_SKIP,
     vendor: str = "discore_voice simulator",
 ) -> bytes:
-    """An Ogg Opus file (RFC 7845) holding ``packets`` unchanged, one packet per page."""
-    stream = _OggStream(serial & 0xFFFFFFFF)
-    head = b"OpusHead" + struct.pack("<BBHIhB", 1, CHANNELS, pre_skip, SAMPLE_RATE, 0, 0)
-    stream.packet_page(head, 0, flags=_BOS)
-    vendor_bytes = vendor.encode()
-    tags = b"OpusTags" + struct.pack("<I", len(vendor_bytes)) + vendor_bytes + struct.pack("<I", 0)
-    stream.packet_page(tags, 0)
-    items = [bytes(packet) for packet in packets]
-    granule = 0
-    for index, packet in enumerate(items):
-        granule += opus_packet_samples(packet)
-        last = index == len(items) - 1
-        stream.packet_page(packet, granule, flags=_EOS if last else 0)
-    if not items:
-        # A stream must end with an EOS page; an empty one is legal.
-        stream.out += _page(_EOS, 0, stream.serial, stream.sequence, [], b"")
-    return bytes(stream.out)
+    """An Ogg Opus file (RFC 7845) holding ``packets`` unchanged, one packet per page.
+
+    One packet per page on purpose: the reader's tests cut, drop and corrupt single pages and
+    want to know which packet they hit. Recordings use the writer's usual packing instead.
+    """
+    paginator = OggOpusPaginator(
+        serial=serial & 0xFFFF_FFFF,
+        pre_skip=pre_skip,
+        vendor=vendor,
+        max_page_samples=0,
+        # A fixture holds whatever it is given: the reader's tests need packets continued
+        # across pages, which only packets larger than players accept produce.
+        max_packet_bytes=None,
+    )
+    out = bytearray()
+    for packet in packets:
+        out += paginator.packet(packet)
+    out += paginator.finish()
+    return bytes(out)
