@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging as _logging
 
 from ._audio.ogg import AudioSourceError, OggFormatError, UnsupportedAudio
+from ._audio.ogg_writer import OggOpusWriter, WavTooLarge, WavWriter
 from ._audio.opus import Application, EncoderSettings
 from ._audio.sources import (
     AudioExtraMissing,
@@ -33,6 +34,13 @@ from ._core.gateway.errors import (
 from ._core.gateway.intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway.limits import IdentifyLimiter
 from ._core.pcm_buffer import PCM_BLOCK_SIZE, VoiceBufferFull
+from ._core.receive.events import (
+    ReceivedAudio,
+    ReceiveEvent,
+    SpeakingStarted,
+    SpeakingStopped,
+)
+from ._core.receive.stats import ReceiveStats
 from ._core.snowflake import Snowflake
 from ._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from ._core.voice.dave import dave_available, max_supported_dave_version
@@ -74,6 +82,9 @@ from ._shell.voice.connection import (
     VoiceEvents,
     voice_connection,
 )
+from ._shell.voice.receive.receiver import MixedAudio, VoiceReceiver
+from ._shell.voice.receive.recorder import Recording, RecordingStats, record
+from ._shell.voice.receive.stream import AudioStream
 from ._shell.voice.sending.producer import DEFAULT_BUFFER_SIZE
 from ._shell.voice.sending.stepper import SendStats
 from ._shell.voice.udp import UdpStats
@@ -90,6 +101,7 @@ __all__ = [
     "AudioExtraMissing",
     "AudioSource",
     "AudioSourceError",
+    "AudioStream",
     "AuthenticationFailed",
     "AvSource",
     "BridgeClosed",
@@ -117,14 +129,21 @@ __all__ = [
     "MemberDisconnected",
     "MemberSpeaking",
     "MissingVoiceIntent",
+    "MixedAudio",
     "NativeLibraryMissing",
     "NoCompatibleEncryptionMode",
     "NonceExhausted",
     "OggFormatError",
     "OggOpusSource",
+    "OggOpusWriter",
     "OpusError",
     "PcmSource",
     "ProtocolError",
+    "ReceiveEvent",
+    "ReceiveStats",
+    "ReceivedAudio",
+    "Recording",
+    "RecordingStats",
     "SendStats",
     "Shard",
     "ShardClosed",
@@ -132,6 +151,8 @@ __all__ = [
     "ShardingRequired",
     "Snowflake",
     "SpeakingFlags",
+    "SpeakingStarted",
+    "SpeakingStopped",
     "Subscription",
     "UdpStats",
     "UnknownOpcode",
@@ -143,12 +164,16 @@ __all__ = [
     "VoiceConnectionFailed",
     "VoiceEvent",
     "VoiceEvents",
+    "VoiceReceiver",
+    "WavTooLarge",
+    "WavWriter",
     "WebSocketStats",
     "__version__",
     "dave_available",
     "max_supported_dave_version",
     "open_audio_file",
     "open_shard",
+    "record",
     "shard_for_guild",
     "voice_connection",
 ]

@@ -2,8 +2,10 @@
 
 It runs the local Discord in-process with DAVE required and two listening members, connects a bot
 through the real ``open_shard`` → ``voice_connection`` path, plays a generated clip, and checks
-what each member decrypted and decoded against the source. A newcomer sees the whole library
-work in one command; CI runs it as a smoke test, so it exits non-zero on any mismatch.
+what each member decrypted and decoded against the source. Then the members speak, each a tone
+of its own, and the bot listens (``vc.receive()``): what it decrypted and decoded of each member
+is checked against what that member said. A newcomer sees the whole library work in one command;
+CI runs it as a smoke test, so it exits non-zero on any mismatch.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 
 import trio
 
-from .._audio.signals import channel, find_alignment, melody_pcm
+from .._audio.signals import channel, find_alignment, melody_pcm, sine_pcm
 from .._audio.sources import PcmSource
 from .._core.gateway.intents import Intents
+from .._core.receive.events import ReceivedAudio
+from .._core.speaking import OPUS_SILENCE_FRAME
 from .._core.voice.dave import DaveStateChanged
 from .._shell.shard.connection import open_shard
 from .._shell.voice.connection import VoiceConnection
@@ -29,6 +33,9 @@ __all__ = ["add_parser"]
 #: Below this, the decoded audio is not the clip (a codec round trip of the clip scores > 0.95).
 MATCH_THRESHOLD = 0.9
 MEMBERS = ("alice", "bob")
+#: What each member says to the bot, and for how long.
+SPEECH_TONES = (330.0, 550.0)
+SPEECH_SECONDS = 1.0
 FRAME_SECONDS = 0.02
 
 
@@ -73,6 +80,16 @@ class _MemberReport:
 
 
 @dataclass
+class _HeardReport:
+    """What the bot heard of one member."""
+
+    name: str
+    frames: int
+    concealed: int
+    correlation: float
+
+
+@dataclass
 class _Report:
     handshake_ms: float
     mode: str | None
@@ -81,6 +98,7 @@ class _Report:
     privacy_code: str | None
     frames_sent: int
     members: list[_MemberReport]
+    heard: list[_HeardReport]
     wav: Path
 
     @property
@@ -95,6 +113,7 @@ class _Report:
                 and member.epoch == self.epoch
                 for member in self.members
             )
+            and all(h.correlation >= MATCH_THRESHOLD for h in self.heard)
         )
 
     def render(self) -> str:
@@ -113,6 +132,12 @@ class _Report:
                 f"  {m.name:<6} heard {m.frames_heard}, decrypted {m.frames_decrypted} "
                 f"({m.decrypt_failures} failed), gap p50 {m.gap_p50_ms:.1f} ms "
                 f"p99 {m.gap_p99_ms:.1f} ms, correlation {m.correlation:.3f}: {verdict}"
+            )
+        for h in self.heard:
+            verdict = "matches" if h.correlation >= MATCH_THRESHOLD else "DOES NOT MATCH"
+            lines.append(
+                f"  bot heard {h.name:<6} {h.frames} frames through DAVE ({h.concealed} "
+                f"concealed), correlation {h.correlation:.3f}: {verdict} what {h.name} said"
             )
         lines.append(f"  saved what {self.members[0].name} heard to {self.wav}")
         lines.append("  result           " + ("OK" if self.ok else "FAILED"))
@@ -162,10 +187,44 @@ async def _demo(seconds: float, wav: Path) -> _Report:
                         _member_report(m, name, clip)
                         for m, name in zip(members, MEMBERS, strict=True)
                     ],
+                    heard=[],
                     wav=wav,
                 )
                 members[0].heard[discord.bot.user_id].write_wav(wav)
+                with trio.fail_after(30):
+                    report.heard = await _listen(vc, members)
     return report
+
+
+async def _listen(vc: VoiceConnection, members: list[SimMember]) -> list[_HeardReport]:
+    """Each member says a tone of its own; the bot hears them apart, through DAVE."""
+    said = {
+        member.user_id: sine_pcm(SPEECH_SECONDS, hz=hz)
+        for member, hz in zip(members, SPEECH_TONES, strict=True)
+    }
+    frames = round(SPEECH_SECONDS / FRAME_SECONDS)
+    heard: dict[int, list[ReceivedAudio]] = {}
+    _say(f"listening: {', '.join(MEMBERS)} speak for {SPEECH_SECONDS:.1f} s")
+    async with vc.receive() as rx:
+        streams = {member.user_id: rx.user(member.user_id) for member in members}
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(member.speak_pcm, said[member.user_id])
+        for user_id, stream in streams.items():
+            got = heard[user_id] = []
+            async for frame in stream:
+                if frame.opus != OPUS_SILENCE_FRAME:
+                    got.append(frame)
+                if len(got) >= frames:
+                    break
+    reports = []
+    for member, name in zip(members, MEMBERS, strict=True):
+        got = heard[member.user_id]
+        pcm = b"".join(frame.pcm or b"" for frame in got)
+        match = find_alignment(channel(said[member.user_id]), channel(pcm), max_lag=4_000)
+        concealed = sum(frame.concealed for frame in got)
+        reports.append(_HeardReport(name, len(got), concealed, match.correlation))
+    return reports
 
 
 async def _wait_until_end_to_end_encrypted(events: Any, vc: VoiceConnection) -> None:
@@ -197,6 +256,10 @@ async def _show_progress(vc: VoiceConnection, seconds: float) -> None:
     while True:
         await trio.sleep(0.1)
         _progress(vc.send_stats.frames_sent * FRAME_SECONDS, seconds, live=True)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _progress(played: float, total: float, *, done: bool = False, live: bool = False) -> None:

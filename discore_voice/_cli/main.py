@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from .._errors import DiscoreVoiceError
-from . import demo, play, simulator
+from . import demo, play, record, simulator
 
 __all__ = ["main"]
 
@@ -26,8 +26,8 @@ EXIT_INTERRUPTED = 130
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discore-voice",
-        description="Trio-native Discord voice: a demo on a local Discord, playing into a real "
-        "channel, and the local Discord simulator itself.",
+        description="Trio-native Discord voice: a demo on a local Discord, playing into and "
+        "recording a real channel, and the local Discord simulator itself.",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show debug logs and full tracebacks"
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_parser(commands)
     play.add_parser(commands)
+    record.add_parser(commands)
     simulator.add_parser(commands)
     return parser
 

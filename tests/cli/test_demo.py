@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from discore_voice._cli.demo import _MemberReport, _Report
+from discore_voice._cli.demo import _HeardReport, _MemberReport, _Report
 
 pytestmark = pytest.mark.smoke
 
@@ -26,6 +26,9 @@ def test_demo_plays_through_dave_and_every_member_matches(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DAVE             protocol v1" in result.stdout
     assert result.stdout.count("matches the source") == 2
+    # And the other way: the bot heard each member, through DAVE, saying what it said.
+    assert "matches what alice said" in result.stdout
+    assert "matches what bob said" in result.stdout
     assert "result           OK" in result.stdout
     with wave.open(str(target)) as heard:
         assert (heard.getframerate(), heard.getnchannels(), heard.getsampwidth()) == (48_000, 2, 2)
@@ -59,9 +62,21 @@ def _member(**changes: object) -> _MemberReport:
     ],
 )
 def test_the_report_fails_on_any_mismatch(member: _MemberReport, ok: bool) -> None:
-    report = _Report(4.0, "aead_aes256_gcm_rtpsize", 1, 2, "1" * 30, 50, [member], Path("x.wav"))
+    heard = [_HeardReport("alice", 50, 0, 0.99)]
+    report = _Report(
+        4.0, "aead_aes256_gcm_rtpsize", 1, 2, "1" * 30, 50, [member], heard, Path("x.wav")
+    )
     assert report.ok is ok
     assert report.render().endswith("OK" if ok else "FAILED")
+
+
+def test_the_report_fails_when_the_bot_misheard() -> None:
+    heard = [_HeardReport("alice", 50, 0, 0.99), _HeardReport("bob", 50, 3, 0.4)]
+    report = _Report(
+        4.0, "aead_aes256_gcm_rtpsize", 1, 2, "1" * 30, 50, [_member()], heard, Path("x.wav")
+    )
+    assert not report.ok
+    assert "DOES NOT MATCH what bob said" in report.render()
 
 
 def test_demo_rejects_a_silly_length() -> None:

@@ -32,7 +32,6 @@ from discore_voice import (
     DaveStateChanged,
     Intents,
     InvalidationReason,
-    MemberSpeaking,
     OggOpusSource,
     VoiceConnection,
     VoiceConnectionFailed,
@@ -507,33 +506,39 @@ async def test_a_channel_switch_starts_dave_afresh() -> None:
 
 
 async def test_a_speaking_members_frames_are_decrypted_after_the_transport() -> None:
-    _, frames = tone(0.2)
+    _, frames = tone(0.4)
     async with dave_environment() as env:
         member = env.member()
         async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
             await until(env, vc, in_one_group(vc, [member]))
-            with vc.subscribe() as events, trio.fail_after(WAIT):
-                member.set_speaking()
-                # Speaking is how the bot learns whose frames the SSRC carries.
-                async for event in events:
-                    if isinstance(event, MemberSpeaking) and event.ssrc == member.ssrc:
-                        assert event.user_id == member.user_id
-                        break
-            for frame in frames:
-                member.send_opus(frame)
-            with trio.fail_after(WAIT):
-                await settled_until(lambda: vc.dave_stats.get("decrypted", 0) >= len(frames))
-            # What the member sent was end-to-end encrypted (and only that reached the bot).
-            sent = [p.payload for p in member.sent]
-            assert len(sent) == len(frames)
-            assert all(p != f and p.endswith(DAVE_MAGIC) for p, f in zip(sent, frames, strict=True))
-            # Each one opened by the bot's DAVE layer after the transport, as that member's.
-            # (Whether the bot got exactly those frames is checked with the receive API.)
-            assert vc.udp_stats.received == len(frames)
+            async with vc.receive(decode=False) as rx:
+                with rx.user(member.user_id) as stream, trio.fail_after(WAIT):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(member.speak_opus, frames)
+                        got = []
+                        async for frame in stream:
+                            assert frame.user_id == member.user_id and frame.ssrc == member.ssrc
+                            got.append(frame)
+                            if len(got) == len(frames) + SILENCE_FRAMES_AFTER_AUDIO:
+                                break
+            # What the member sent was end-to-end encrypted (and only that reached the bot)...
+            spoken = list(member.sent)
+            audio = [p.payload for p in spoken[: len(frames)]]
+            assert all(
+                p != f and p.endswith(DAVE_MAGIC) for p, f in zip(audio, frames, strict=True)
+            )
+            # ...and the bot opened each one after the transport: exactly the frames spoken, in
+            # order, none concealed, then the silence frames, which DAVE passes in the clear.
+            assert [f.opus for f in got[: len(frames)]] == frames
+            assert not any(f.concealed for f in got)
+            assert [f.sequence for f in got] == [p.sequence for p in spoken[: len(got)]]
+            assert all(f.pcm is None for f in got)  # decode=False
             stats = vc.dave_stats
             assert stats["decrypted"] == len(frames)
-            for counter in ("passed_through", "decrypt_failed", "unknown_ssrc"):
-                assert stats.get(counter, 0) == 0, counter
+            assert stats.get("decrypt_failed", 0) == 0
+            received = vc.receive_stats
+            assert received.dropped == {}
+            assert received.passed["dave.decrypted"] == len(frames)
 
 
 # --- without davey -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from trio.testing import MockClock
 
 from discore_voice._core.gateway.errors import BridgeClosed
 from discore_voice._core.ip_discovery import build_response, parse_request
+from discore_voice._core.receive.pipeline import ReceivePipeline
 from discore_voice._core.rtp import RtpHeader
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, create_cipher
 from discore_voice._core.voice.commands import Media, TimerKind
@@ -223,10 +224,13 @@ async def test_udp_discovers_then_counts_what_it_receives_and_reports_media(
             assert udp.sock is not None
             cipher = create_cipher(AES256_GCM_RTPSIZE, KEY)
             crypto = MediaCrypto()
-            crypto.map_ssrc(99, 7)
+            pipeline = ReceivePipeline(crypto)
+            pipeline.name(99, 7)
+            pipeline.start()  # someone receives: frames go on through DAVE to the buffers
             peer.sendto(b"\x80\x78" + bytes(30), address)  # before any key
             await settled_until(lambda: udp.dropped["no_key"] == 1)
-            udp.set_media(Media(3, 42, create_cipher(AES256_GCM_RTPSIZE, KEY), crypto))
+            key = create_cipher(AES256_GCM_RTPSIZE, KEY)
+            udp.set_media(Media(3, 42, key, crypto, pipeline))
             header = RtpHeader(sequence=1, timestamp=960, ssrc=99)
             peer.sendto(cipher.encrypt(header, b"\xfc\x01"), address)
             assert await receive.receive() == MediaFlowing(3)
@@ -235,9 +239,16 @@ async def test_udp_discovers_then_counts_what_it_receives_and_reports_media(
             later = RtpHeader(sequence=2, timestamp=1920, ssrc=99)
             peer.sendto(cipher.encrypt(later, b"\xfc\x02"), address)
             peer.sendto(cipher.encrypt(later, b"\xfc\x02"), address)  # a duplicate
-            await settled_until(lambda: udp.received == 2 and udp.dropped["duplicate"] == 1)
+            await settled_until(
+                lambda: pipeline.received == 2 and pipeline.dropped["replay.duplicate"] == 1
+            )
             nursery.cancel_scope.cancel()
-    assert dict(udp.dropped) == {"no_key": 1, "undecryptable": 1, "rtcp": 1, "duplicate": 1}
+    assert dict(udp.dropped) == {"no_key": 1}  # the only drop before the pipeline
+    assert dict(pipeline.dropped) == {
+        "transport.undecryptable": 1,
+        "transport.rtcp": 1,
+        "replay.duplicate": 1,
+    }
     assert crypto.stats["passed_through"] == 2  # no DAVE: transport-decrypted frames pass
     assert udp.sock is None  # closed when the task ended
 

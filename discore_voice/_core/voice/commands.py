@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from ..snowflake import Snowflake
 
 if TYPE_CHECKING:
+    from ..receive.pipeline import ReceivePipeline
     from ..transport import TransportCipher
     from .media import MediaCrypto
 
@@ -119,12 +120,17 @@ class SetTimer:
 
 @dataclass(frozen=True, slots=True)
 class Media:
-    """What the media paths use now: UDP socket ``udp_generation``, its key and DAVE layer."""
+    """What the media paths use now: UDP socket ``udp_generation``, its key and DAVE layer.
+
+    ``receive`` is the connection's receive pipeline, the same object for its whole life: the
+    UDP task feeds it every datagram with this key.
+    """
 
     udp_generation: int
     ssrc: int
     cipher: TransportCipher = field(repr=False)
     crypto: MediaCrypto = field(repr=False)
+    receive: ReceivePipeline = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

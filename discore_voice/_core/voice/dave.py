@@ -336,6 +336,11 @@ class DaveClient:
         return self._session.voice_privacy_code
 
     @property
+    def transition_pending(self) -> bool:
+        """Whether a prepared transition (op 21 or 24) has not been executed (op 22) yet."""
+        return bool(self._pending)
+
+    @property
     def group_user_ids(self) -> frozenset[int]:
         """Users in our MLS group (ourselves included), empty without a group."""
         if self._session is None or not self._session.ready:
@@ -412,6 +417,18 @@ class DaveClient:
     def client_disconnected(self, user_id: int) -> None:
         """Client Disconnect (op 13): an Add for this user is no longer expected."""
         self._known_users.discard(user_id)
+
+    def recover_from_failures(self, failures: int) -> list[DaveOutput]:
+        """Received frames stopped opening outside any transition: start over (op 31).
+
+        What @discordjs/voice does after 36 failures in a row: our group is not the call's any
+        more (a commit we never got, a re-key we missed), and only a fresh key package gets us
+        back in. Nothing to do without a group.
+        """
+        if self._session is None or self._protocol_version == 0:
+            return []
+        reason = DaveError(f"{failures} received frames in a row could not be decrypted")
+        return self._recover("received audio", self._last_transition_id, reason)
 
     # --- dispatch -------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The DAVE layer of the media paths: every Opus frame sent or received passes through here.
 
 One :class:`MediaCrypto` per voice connection, owned by the voice core, which points it at the
-current voice session's :class:`DaveClient` and keeps its map of SSRCs to users. The send path
-(the clock's step) and the receive path (the UDP task) call it per frame, and both must keep
+current voice session's :class:`DaveClient` (who sent a frame is the receive pipeline's to know:
+``_core/receive/ssrc_map.py``). The send path (the clock's step) and the receive pipeline call
+it per frame, and both must keep
 working whatever the group is doing, so neither call ever raises: a frame DAVE cannot encrypt
 becomes the silence frame (never plaintext: that would break the end-to-end promise; never an
 exception: that would stop the sender), and a frame it cannot decrypt is counted and dropped.
@@ -18,7 +19,7 @@ from ..snowflake import Snowflake
 from ..speaking import OPUS_SILENCE_FRAME
 from .dave import DaveClient
 
-__all__ = ["DAVE_COUNTERS", "MediaCrypto"]
+__all__ = ["DAVE_COUNTERS", "FAILURE_TOLERANCE", "MediaCrypto"]
 
 #: The counters of :attr:`MediaCrypto.stats`.
 DAVE_COUNTERS: Final = (
@@ -27,43 +28,34 @@ DAVE_COUNTERS: Final = (
     "decrypted",
     "passed_through",
     "decrypt_failed",
-    "unknown_ssrc",
+    "recoveries",
 )
+#: Received frames that may fail DAVE in a row, outside a transition, before the group is
+#: presumed broken and started over with op 31: @discordjs/voice's 36, about 0.7 s of one
+#: member's speech, long enough that a few frames in flight across a key change never count.
+FAILURE_TOLERANCE: Final = 36
 
 
 class MediaCrypto:
-    """End-to-end encryption of one connection's frames, and who each received SSRC is."""
+    """End-to-end encryption of one connection's frames, both ways."""
 
-    __slots__ = ("_client", "_users_by_ssrc", "stats")
+    __slots__ = ("_client", "_consecutive_failures", "stats")
 
     def __init__(self) -> None:
         self._client: DaveClient | None = None
-        self._users_by_ssrc: dict[int, Snowflake] = {}
+        self._consecutive_failures = 0
         self.stats: Counter[str] = Counter()
         """``encrypted``, ``encrypt_failed``, ``decrypted`` (opened end-to-end),
-        ``passed_through`` (accepted plaintext), ``decrypt_failed``, ``unknown_ssrc``."""
+        ``passed_through`` (accepted plaintext), ``decrypt_failed``, ``recoveries``."""
 
     @property
     def client(self) -> DaveClient | None:
         return self._client
 
     def use(self, client: DaveClient | None) -> None:
-        """A new voice session: its DAVE client (None without DAVE), and nobody's SSRC yet."""
+        """A new voice session: its DAVE client (None without DAVE)."""
         self._client = client
-        self._users_by_ssrc.clear()
-
-    # --- who is who ---------------------------------------------------------------------------
-
-    def user_for_ssrc(self, ssrc: int) -> Snowflake | None:
-        return self._users_by_ssrc.get(ssrc)
-
-    def map_ssrc(self, ssrc: int, user_id: Snowflake) -> None:
-        """Speaking (op 5) is the only way to learn whose frames an SSRC carries."""
-        self._users_by_ssrc[ssrc] = user_id
-
-    def forget_user(self, user_id: Snowflake) -> None:
-        for ssrc in [s for s, u in self._users_by_ssrc.items() if u == user_id]:
-            del self._users_by_ssrc[ssrc]
+        self._consecutive_failures = 0
 
     # --- frames -------------------------------------------------------------------------------
 
@@ -86,22 +78,40 @@ class MediaCrypto:
             self.stats["encrypted"] += 1
         return encrypted
 
-    def decrypt(self, ssrc: int, frame: bytes) -> tuple[Snowflake, bytes] | None:
-        """The sender and the Opus frame inside, or None for a frame that cannot be trusted."""
-        user_id = self._users_by_ssrc.get(ssrc)
-        if user_id is None:
-            self.stats["unknown_ssrc"] += 1
-            return None
+    def decrypt_from(self, user_id: Snowflake, frame: bytes) -> bytes | None:
+        """The Opus frame ``user_id`` sent, or None for a frame that cannot be trusted."""
         client = self._client
         if client is None:
             self.stats["passed_through"] += 1
-            return user_id, frame
+            return frame
         opened = client.decrypt_opus(user_id, frame)
         if opened is None:
             self.stats["decrypt_failed"] += 1
+            self._consecutive_failures += 1
             return None
+        self._consecutive_failures = 0
         if opened == frame:
             self.stats["passed_through"] += 1
         else:
             self.stats["decrypted"] += 1
-        return user_id, opened
+        return opened
+
+    @property
+    def failing(self) -> bool:
+        """Whether our group has stopped matching the call's (see :data:`FAILURE_TOLERANCE`).
+
+        Failures while a transition is pending are expected (members switch keys one by one)
+        and a group that is not ready yet cannot open anything, so neither counts.
+        """
+        client = self._client
+        return (
+            self._consecutive_failures >= FAILURE_TOLERANCE
+            and client is not None
+            and client.can_encrypt
+            and not client.transition_pending
+        )
+
+    def recovering(self) -> None:
+        """The core asked for a fresh group: count afresh from here."""
+        self._consecutive_failures = 0
+        self.stats["recoveries"] += 1

@@ -33,7 +33,7 @@ VOICE_GATEWAY_VERSION: Final = 8
 
 
 class VoiceOpcode(enum.IntEnum):
-    """Every opcode Discord documents for the voice websocket (v8, with DAVE)."""
+    """Every opcode Discord documents for the voice websocket (v8, with DAVE), and op 12."""
 
     IDENTIFY = 0
     SELECT_PROTOCOL = 1
@@ -46,6 +46,9 @@ class VoiceOpcode(enum.IntEnum):
     HELLO = 8
     RESUMED = 9
     CLIENTS_CONNECT = 11
+    #: Undocumented, seen in the wild: a member's SSRCs, sent when it connects, before it
+    #: speaks. Receive maps the audio SSRC from it, so a member's first words are not held.
+    VIDEO = 12
     CLIENT_DISCONNECT = 13
     DAVE_PREPARE_TRANSITION = 21
     DAVE_EXECUTE_TRANSITION = 22
@@ -84,6 +87,7 @@ SERVER_TEXT_OPCODES: Final = frozenset(
         _Op.HELLO,
         _Op.RESUMED,
         _Op.CLIENTS_CONNECT,
+        _Op.VIDEO,
         _Op.CLIENT_DISCONNECT,
         _Op.DAVE_PREPARE_TRANSITION,
         _Op.DAVE_EXECUTE_TRANSITION,

@@ -39,6 +39,7 @@ __all__ = [
     "ClientDisconnect",
     "ClientMessage",
     "ClientSpeaking",
+    "ClientSsrcs",
     "ClientsConnect",
     "DaveExecuteTransition",
     "DaveMlsInvalidCommitWelcome",
@@ -482,6 +483,36 @@ class ClientsConnect(_Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSsrcs(_Payload):
+    """Op 12 (undocumented): a member's SSRCs, sent when it connects and before it speaks.
+
+    Read leniently, since nothing documents it: only ``user_id`` and ``audio_ssrc`` are used
+    (0 means none), and everything else it carries (video and RTX SSRCs, streams) is ignored.
+    """
+
+    OPCODE: ClassVar[VoiceOpcode] = VoiceOpcode.VIDEO
+
+    user_id: Snowflake
+    audio_ssrc: int
+
+    @classmethod
+    def _from_fields(cls, f: Fields) -> Self:
+        audio_ssrc = f.optional_int("audio_ssrc", default=0)
+        if audio_ssrc is None or not 0 <= audio_ssrc <= _U32:
+            raise ProtocolError(f"{cls.what()}: field 'audio_ssrc' is out of range [0, {_U32}]")
+        return cls(user_id=f.snowflake("user_id"), audio_ssrc=audio_ssrc)
+
+    def to_d(self) -> dict[str, Any]:
+        return {
+            "user_id": snowflake_to_wire(self.user_id),
+            "audio_ssrc": self.audio_ssrc,
+            "video_ssrc": 0,
+            "rtx_ssrc": 0,
+            "streams": [],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClientDisconnect(_Payload):
     """Op 13: the user left, so its SSRC mapping and DAVE membership go too."""
 
@@ -581,6 +612,7 @@ ServerMessage: TypeAlias = (
     | ServerSpeaking
     | Resumed
     | ClientsConnect
+    | ClientSsrcs
     | ClientDisconnect
     | DavePrepareTransition
     | DaveExecuteTransition
@@ -604,6 +636,7 @@ _SERVER_CLASSES: Final[tuple[type[ServerMessage], ...]] = (
     ServerSpeaking,
     Resumed,
     ClientsConnect,
+    ClientSsrcs,
     ClientDisconnect,
     DavePrepareTransition,
     DaveExecuteTransition,

@@ -39,6 +39,7 @@ from ..gateway.voice import (
     VOICE_STATE_UPDATE,
 )
 from ..ip_discovery import DiscoveredAddress
+from ..receive.pipeline import ReceivePipeline
 from ..snowflake import Snowflake
 from ..speaking import SpeakingFlags
 from ..transport import (
@@ -57,7 +58,7 @@ from .commands import (
     SendText,
     TimerKind,
 )
-from .dave import DaveClient, DaveRecovering
+from .dave import DaveClient, DaveOutput, DaveRecovering
 from .events import (
     DaveChange,
     DaveStateChanged,
@@ -67,7 +68,7 @@ from .events import (
     VoiceEvent,
 )
 from .frames import ClientBinaryMessage, encode_client_binary, encode_client_text
-from .media import MediaCrypto
+from .media import FAILURE_TOLERANCE, MediaCrypto
 from .payloads import SessionDescription
 from .session import (
     NO_DAVE_PROTOCOL_VERSION,
@@ -76,6 +77,7 @@ from .session import (
     NewDaveSession,
     SendVoiceMessage,
     SessionOutput,
+    SsrcAnnounced,
     VoiceSession,
 )
 
@@ -132,6 +134,7 @@ class VoiceProtocol:
         )
         self._ledger = ledger
         self._crypto = MediaCrypto()
+        self._receive = ReceivePipeline(self._crypto)
         self._dave: DaveClient | None = None
         self._cipher: TransportCipher | None = None
         self._speaking = 0
@@ -179,8 +182,13 @@ class VoiceProtocol:
             heartbeat_rtt_ms=s.heartbeat_rtt_ms,
         )
 
+    @property
+    def receive(self) -> ReceivePipeline:
+        """The receive pipeline: the UDP task feeds it, a receive task ticks it."""
+        return self._receive
+
     def user_for_ssrc(self, ssrc: int) -> Snowflake | None:
-        return self._crypto.user_for_ssrc(ssrc)
+        return self._receive.user_for_ssrc(ssrc)
 
     # --- the caller's requests -----------------------------------------------------------------
 
@@ -313,6 +321,17 @@ class VoiceProtocol:
     def timer_expired(self, kind: TimerKind, now: float) -> list[Output]:
         return self._run(self._session.timer_expired(kind, now), now)
 
+    def dave_failing(self, now: float) -> list[Output]:
+        """The receive pipeline could not open frames for too long: a fresh DAVE group."""
+        self._receive.dave_recovery_wanted = False
+        client = self._dave
+        if client is None or not self._crypto.failing:
+            return []
+        self._crypto.recovering()
+        return self._dave_replies(
+            client.recover_from_failures(FAILURE_TOLERANCE), self._session.generation
+        )
+
     # --- carrying the session's outputs through DAVE, the key and the speaking state ----------
 
     def _run(self, outputs: list[SessionOutput], now: float) -> list[Output]:
@@ -328,10 +347,12 @@ class VoiceProtocol:
                 # The ledger: a key the server sends again keeps its counter.
                 self._cipher = create_cipher(output.mode, output.secret_key, ledger=self._ledger)
             elif isinstance(output, MemberSpeaking):
-                self._crypto.map_ssrc(output.ssrc, output.user_id)
+                self._receive.name(output.ssrc, output.user_id)
                 result.append(output)
+            elif isinstance(output, SsrcAnnounced):
+                self._receive.name(output.ssrc, output.user_id)
             elif isinstance(output, MemberDisconnected):
-                self._crypto.forget_user(output.user_id)
+                self._receive.user_left(output.user_id, now)
                 result.append(output)
             else:
                 result.append(output)
@@ -366,7 +387,9 @@ class VoiceProtocol:
             self._cipher = None  # a new voice session (no Ready yet): the old key is over
         media = None
         if session.is_valid and session.ssrc is not None and self._cipher is not None:
-            media = Media(session.udp_generation, session.ssrc, self._cipher, self._crypto)
+            media = Media(
+                session.udp_generation, session.ssrc, self._cipher, self._crypto, self._receive
+            )
         sending = (
             media is not None
             and session.is_connected
@@ -386,6 +409,7 @@ class VoiceProtocol:
         previous = self._dave
         self._dave = DaveClient(self._session.user_id, action.channel_id)
         self._crypto.use(self._dave)
+        self._receive.new_session()
         if previous is not None and previous.protocol_version > NO_DAVE_PROTOCOL_VERSION:
             return [DaveStateChanged(DaveChange.RESET, 0, None, False, None)]
         return []
@@ -405,10 +429,13 @@ class VoiceProtocol:
             # Refused outright (no op 31 applies): the server will resend or re-key; a call
             # must not end over one message.
             return [Log(logging.WARNING, f"DAVE: ignored a server message: {exc}")]
+        return self._dave_replies(replies, action.generation)
+
+    def _dave_replies(self, replies: list[DaveOutput], generation: int) -> list[Output]:
         out: list[Output] = []
         for reply in replies:
             if isinstance(reply, ClientBinaryMessage):
-                out.append(SendBinary(action.generation, encode_client_binary(reply)))
+                out.append(SendBinary(generation, encode_client_binary(reply)))
             elif isinstance(reply, DaveStateChanged):
                 out.append(
                     Log(
@@ -428,5 +455,5 @@ class VoiceProtocol:
                     )
                 )
             else:
-                out.append(SendText(action.generation, encode_client_text(reply)))
+                out.append(SendText(generation, encode_client_text(reply)))
         return out

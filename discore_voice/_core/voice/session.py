@@ -68,6 +68,7 @@ from .payloads import (
     ClientMessage,
     ClientsConnect,
     ClientSpeaking,
+    ClientSsrcs,
     DaveExecuteTransition,
     DavePrepareEpoch,
     DavePrepareTransition,
@@ -99,6 +100,7 @@ __all__ = [
     "SendVoiceMessage",
     "SessionOutput",
     "SessionStats",
+    "SsrcAnnounced",
     "VoiceSession",
     "endpoint_url",
 ]
@@ -207,6 +209,14 @@ class DaveMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class SsrcAnnounced:
+    """Op 12 named a member's audio SSRC before it spoke: receive may map it already."""
+
+    user_id: Snowflake
+    ssrc: int
+
+
+@dataclass(frozen=True, slots=True)
 class NewDaveSession:
     """A new voice session (first join, server move, channel switch): DAVE starts afresh.
 
@@ -226,6 +236,7 @@ SessionOutput: TypeAlias = (
     | InstallCipher
     | DaveMessage
     | NewDaveSession
+    | SsrcAnnounced
     | Log
     | Connected
     | Invalidated
@@ -649,6 +660,10 @@ class VoiceSession:
         if isinstance(message, ClientsConnect):
             connected: list[SessionOutput] = [MemberConnected(u) for u in message.user_ids]
             return self._to_dave(message) + connected
+        if isinstance(message, ClientSsrcs):
+            if message.audio_ssrc == 0:
+                return []
+            return [SsrcAnnounced(message.user_id, message.audio_ssrc)]
         if isinstance(message, ClientDisconnect):
             return [*self._to_dave(message), MemberDisconnected(message.user_id)]
         if isinstance(message, DavePrepareTransition | DaveExecuteTransition | DavePrepareEpoch):

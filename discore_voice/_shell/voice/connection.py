@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import ssl
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -37,6 +38,7 @@ from ..._core.gateway.voice import (
     VOICE_STATE_UPDATE,
 )
 from ..._core.pcm_buffer import PCM_BLOCK_SIZE
+from ..._core.receive.stats import ReceiveStats
 from ..._core.snowflake import Snowflake, validate_snowflake
 from ..._core.speaking import SpeakingFlags
 from ..._core.voice import dave as _dave
@@ -59,6 +61,7 @@ from .messages import (
     TaskFailed,
     UpdateVoiceState,
 )
+from .receive.receiver import DEFAULT_DEPTH, VoiceReceiver, check_depth
 from .sending.producer import DEFAULT_BUFFER_SIZE
 from .sending.sender import VoiceSender
 from .sending.stepper import SendStats
@@ -259,6 +262,8 @@ class VoiceConnection:
             log=self._log,
             ssl_context=ssl_context,
         )
+        self._receiver: VoiceReceiver | None = None
+        self._receive_totals: Counter[str] = Counter()
         self._guild_id = guild
         self._used = False
         self._running = False
@@ -348,8 +353,52 @@ class VoiceConnection:
     @property
     def dave_stats(self) -> dict[str, int]:
         """DAVE media counters (``encrypted``, ``encrypt_failed``, ``decrypted``,
-        ``passed_through``, ``decrypt_failed``, ``unknown_ssrc``), for statistics and tests."""
+        ``passed_through``, ``decrypt_failed``, ``recoveries``), for statistics and tests.
+        Received frames are only decrypted while :meth:`receive` runs."""
         return self._task.protocol.dave_stats
+
+    @property
+    def receive_stats(self) -> ReceiveStats:
+        """Everything the receive path counted, by stage: see :class:`ReceiveStats`."""
+        extra = Counter(self._receive_totals)
+        if self._receiver is not None:
+            extra.update(self._receiver.counts)
+        return self._task.protocol.receive.snapshot(extra)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def receive(
+        self, *, decode: bool = True, delay: float = DEFAULT_DEPTH * 0.02
+    ) -> AsyncIterator[VoiceReceiver]:
+        """Hear the channel while the block runs: open streams on what it yields.
+
+        ``decode`` gives 48 kHz stereo PCM as well as the Opus packets; ``delay`` is the
+        playout buffer's depth in seconds (0.1 by default): the jitter it rides out, and the
+        latency it adds. Members' audio is end-to-end decrypted in DAVE calls.
+
+        One receiver at a time per connection (open as many streams on it as you like). On a
+        connection that is not valid, or once it ends, the streams end: no error.
+        """
+        check_bool("decode", decode)
+        depth = check_depth(delay)
+        if self._receiver is not None:
+            raise UsageError(
+                "this connection is already receiving: open more streams on the receiver "
+                "its vc.receive() block yielded"
+            )
+        receiver = VoiceReceiver(self, self._task.protocol.receive, decode=decode, depth=depth)
+        self._receiver = receiver
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(receiver.run)
+                try:
+                    yield receiver
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._receiver = None
+            self._receive_totals.update(receiver.counts)
 
     # --- DAVE ----------------------------------------------------------------------------
 

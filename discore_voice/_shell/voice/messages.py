@@ -25,6 +25,7 @@ from ..._core.voice.events import InvalidationReason
 __all__ = [
     "AudioReady",
     "Connect",
+    "DaveFailing",
     "Disconnect",
     "Dispatch",
     "GatewayGone",
@@ -122,6 +123,13 @@ class MediaFlowing:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class DaveFailing:
+    """Received frames keep failing DAVE outside any transition: the group needs starting over."""
+
+    generation: int
+
+
 # --- timers and the send side ----------------------------------------------------------------
 
 
@@ -197,6 +205,7 @@ Message: TypeAlias = (
     | UdpFailed
     | UdpSilent
     | MediaFlowing
+    | DaveFailing
     | TimerFired
     | AudioReady
     | TaskFailed

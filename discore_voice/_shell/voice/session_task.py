@@ -42,6 +42,7 @@ from .gateway_writer import GatewayWriter
 from .messages import (
     AudioReady,
     Connect,
+    DaveFailing,
     Disconnect,
     Dispatch,
     GatewayGone,
@@ -146,8 +147,13 @@ class SessionTask:
         if udp is not None:
             totals.update(_udp_counters(udp))
         dropped = {key[8:]: value for key, value in totals.items() if key.startswith("dropped:")}
+        pipeline = self.protocol.receive
+        for key, value in pipeline.dropped.items():
+            stage, _, reason = key.partition(".")
+            if stage in ("transport", "replay"):
+                dropped[reason] = dropped.get(reason, 0) + value
         return UdpStats(
-            received=totals["received"],
+            received=pipeline.received,
             dropped=dropped,
             keepalives_sent=totals["keepalives_sent"],
             keepalives_answered=totals["keepalives_answered"],
@@ -218,6 +224,8 @@ class SessionTask:
             return protocol.udp_silent(message.generation, now)
         if isinstance(message, MediaFlowing):
             return protocol.media_received(message.generation, now)
+        if isinstance(message, DaveFailing):
+            return protocol.dave_failing(now)
         if isinstance(message, AudioReady):
             return protocol.audio_ready(now)
         if isinstance(message, TaskFailed):
@@ -441,7 +449,6 @@ async def guarded(
 
 def _udp_counters(udp: VoiceUdp) -> Counter[str]:
     counters: Counter[str] = Counter(
-        received=udp.received,
         keepalives_sent=udp.keepalives_sent,
         keepalives_answered=udp.keepalives_answered,
     )

@@ -7,9 +7,10 @@ handling and route lookup of ``sendto``: measured on the project's 2-core machin
 8.9 µs per datagram, which at 1000 streams is a third of a core. The send path writes to it
 directly (the session task puts the socket in the sender's link); this task only reads.
 
-Every datagram from the voice server that is dropped (malformed, failing authentication,
-arriving before the key) is counted by reason; none of them can end the connection. The keys
-come from the session task (:meth:`VoiceUdp.set_media`), never from polling.
+Every datagram from the voice server goes to the connection's receive pipeline (in the core:
+``_core/receive/pipeline.py``), which decrypts, filters and counts it, and buffers it when
+someone receives; none of it can end the connection. Datagrams before the key are counted here.
+The keys come from the session task (:meth:`VoiceUdp.set_media`), never from polling.
 
 Keep-alives (an IP discovery request every 5 s, which every voice server answers) are also how a
 dead path is noticed: when none has been answered for :data:`SILENT_AFTER` seconds the task
@@ -34,11 +35,17 @@ from ..._core.ip_discovery import (
     build_request,
     parse_response,
 )
-from ..._core.receive.replay import ReplayFilter, Verdict
-from ..._core.rtp import is_rtcp
 from ..._core.voice.commands import Media
-from ..._errors import DecryptionFailed, ProtocolError
-from .messages import MediaFlowing, Message, UdpDiscovered, UdpFailed, UdpSilent, report
+from ..._errors import ProtocolError
+from .messages import (
+    DaveFailing,
+    MediaFlowing,
+    Message,
+    UdpDiscovered,
+    UdpFailed,
+    UdpSilent,
+    report,
+)
 
 __all__ = [
     "DISCOVERY_ATTEMPTS",
@@ -102,18 +109,14 @@ class VoiceUdp:
         self._sock: socket.socket | None = None
         self._media: Media | None = None
         self._flowing_reported = False
-        self._replays = ReplayFilter()
         self._last_answer = 0.0
-        self.received = 0
-        """Datagrams that decrypted."""
         self.dropped: Counter[str] = Counter()
         self.keepalives_sent = 0
         self.keepalives_answered = 0
 
     def __repr__(self) -> str:
         return (
-            f"<VoiceUdp #{self.generation} ssrc={self.ssrc} received={self.received} "
-            f"dropped={sum(self.dropped.values())}>"
+            f"<VoiceUdp #{self.generation} ssrc={self.ssrc} dropped={sum(self.dropped.values())}>"
         )
 
     @property
@@ -244,41 +247,28 @@ class VoiceUdp:
         while True:
             await trio.lowlevel.wait_readable(sock)
             flowing = False
+            now = trio.current_time()
             for data in self._drain(sock):
-                flowing = self._receive(data) or flowing
+                flowing = self._receive(data, now) or flowing
             if flowing and not self._flowing_reported:
                 self._flowing_reported = True
                 await report(self._inbox, MediaFlowing(self.generation))
+            media = self._media
+            if media is not None and media.receive.dave_recovery_wanted:
+                media.receive.dave_recovery_wanted = False
+                await report(self._inbox, DaveFailing(self.generation))
 
-    def _receive(self, data: bytes) -> bool:
-        """Count (and, with receive, hand on) one datagram; True if it was media that decrypted."""
+    def _receive(self, data: bytes, now: float) -> bool:
+        """Count one datagram, and hand media to the receive pipeline; True if it was new media."""
         if len(data) == IP_DISCOVERY_SIZE and data[:2] == _KEEPALIVE_ANSWER:
             self.keepalives_answered += 1
-            self._last_answer = trio.current_time()
-            return False
-        if is_rtcp(data):
-            self.dropped["rtcp"] += 1
+            self._last_answer = now
             return False
         media = self._media
         if media is None:
             self.dropped["no_key"] += 1
             return False
-        try:
-            packet = media.cipher.decrypt(data)
-        except DecryptionFailed:
-            self.dropped["undecryptable"] += 1
-            return False
-        except ProtocolError:
-            self.dropped["malformed"] += 1
-            return False
-        header = packet.header
-        verdict = self._replays.check(header.ssrc, header.sequence)
-        if verdict is not Verdict.NEW:
-            self.dropped[verdict.value] += 1  # "duplicate" or "stale"
-            return False
-        self.received += 1
-        media.crypto.decrypt(header.ssrc, packet.payload)
-        return True
+        return media.receive.datagram(media.cipher, data, now)
 
     async def _keepalive(self) -> None:
         request = build_request(self.ssrc)

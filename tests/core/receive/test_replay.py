@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discore_voice._core.receive.replay import WINDOW, ReplayFilter, Verdict
+from discore_voice._core.receive.replay import RESTART_AFTER, WINDOW, ReplayFilter, Verdict
 
 
 def test_duplicates_and_reordering_within_the_window() -> None:
@@ -55,3 +55,24 @@ def test_each_packet_of_a_reordered_duplicated_stream_is_new_exactly_once(
     f = ReplayFilter()
     new = [s for s in arrivals if f.check(7, s) is Verdict.NEW]
     assert sorted(new) == sorted(sequences)
+
+
+def test_a_sender_whose_sequence_numbers_restarted_is_heard_again() -> None:
+    replays = ReplayFilter()
+    for sequence in range(30000, 30100):
+        assert replays.check(5, sequence) is Verdict.NEW
+    # The sender restarted from 0: far behind the window, so stale at first...
+    verdicts = [replays.check(5, sequence) for sequence in range(RESTART_AFTER)]
+    assert verdicts[:-1] == [Verdict.STALE] * (RESTART_AFTER - 1)
+    # ...until that many in a row show it is a new stream, not stragglers.
+    assert verdicts[-1] is Verdict.NEW
+    assert replays.check(5, RESTART_AFTER) is Verdict.NEW
+    assert replays.check(5, RESTART_AFTER) is Verdict.DUPLICATE
+    # Stale packets with the live stream going on in between do not add up to a restart.
+    newest = 40000
+    for _ in range(3):
+        for sequence in range(RESTART_AFTER - 1):
+            assert replays.check(6, newest) is Verdict.NEW
+            newest += 1
+            assert replays.check(6, newest - 2000 - sequence) is Verdict.STALE
+    assert replays.check(6, newest) is Verdict.NEW

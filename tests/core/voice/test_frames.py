@@ -367,7 +367,7 @@ def test_malformed_client_text(frame: str, message: str) -> None:
 
 def test_unknown_client_text_op() -> None:
     with pytest.raises(UnknownOpcode):
-        decode_client_text('{"op": 12, "d": {}}')
+        decode_client_text('{"op": 18, "d": {}}')
 
 
 @pytest.mark.parametrize("frame", [b"", b"\x00", b"\x00\x01"])

@@ -30,6 +30,7 @@ DOCUMENTED_OPCODES = {
     8: ("server", False),
     9: ("server", False),
     11: ("server", False),
+    12: ("server", False),  # undocumented, seen in the wild (a member's SSRCs): receive uses it
     13: ("server", False),
     21: ("server", False),
     22: ("server", False),
@@ -99,6 +100,7 @@ def test_opcode_names() -> None:
         "HELLO": 8,
         "RESUMED": 9,
         "CLIENTS_CONNECT": 11,
+        "VIDEO": 12,
         "CLIENT_DISCONNECT": 13,
         "DAVE_PREPARE_TRANSITION": 21,
         "DAVE_EXECUTE_TRANSITION": 22,

@@ -22,6 +22,7 @@ from discore_voice._core.voice.payloads import (
     ClientMessage,
     ClientsConnect,
     ClientSpeaking,
+    ClientSsrcs,
     DaveExecuteTransition,
     DaveMlsInvalidCommitWelcome,
     DavePrepareEpoch,
@@ -74,6 +75,7 @@ server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
     st.builds(ServerSpeaking, ids, u32, u32),
     st.just(Resumed()),
     st.builds(ClientsConnect, st.lists(ids).map(tuple)),
+    st.builds(ClientSsrcs, ids, u32),
     st.builds(ClientDisconnect, ids),
     st.builds(DavePrepareTransition, u16, u16),
     st.builds(DaveExecuteTransition, u16),
@@ -218,6 +220,18 @@ def test_documented_examples_parse() -> None:
     assert parse_server_payload(11, {"user_ids": ["1090123456789012345"]}) == ClientsConnect(
         (1090123456789012345,)
     )
+    # Op 12 is undocumented: read leniently, keeping only the user and its audio SSRC.
+    seen_in_the_wild = {
+        "user_id": "1090123456789012345",
+        "audio_ssrc": 4242,
+        "video_ssrc": 0,
+        "rtx_ssrc": 0,
+        "streams": [{"type": "video", "ssrc": 4243, "active": False}],
+    }
+    assert parse_server_payload(12, seen_in_the_wild) == ClientSsrcs(1090123456789012345, 4242)
+    assert parse_server_payload(12, {"user_id": "5"}) == ClientSsrcs(5, 0)
+    with pytest.raises(ProtocolError, match="audio_ssrc"):
+        parse_server_payload(12, {"user_id": "5", "audio_ssrc": 2**32})
     assert parse_server_payload(21, {"protocol_version": 0, "transition_id": 10}) == (
         DavePrepareTransition(transition_id=10, protocol_version=0)
     )

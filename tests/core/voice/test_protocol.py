@@ -193,7 +193,24 @@ def test_speaking_maps_an_ssrc_to_its_user_until_they_leave() -> None:
     p.websocket_frame(1, server.frame(ServerSpeaking(MEMBER, 77, 1)), 1.0)
     assert p.user_for_ssrc(77) == MEMBER
     p.websocket_frame(1, '{"op": 13, "d": {"user_id": "' + str(MEMBER) + '"}, "seq": 9}', 1.0)
+    # Packets still in flight (and in the playout buffer) belong to them for a second more.
+    assert p.user_for_ssrc(77) == MEMBER
+    p.receive.tick(1.5)
+    assert p.user_for_ssrc(77) == MEMBER
+    p.receive.tick(2.0)
     assert p.user_for_ssrc(77) is None
+
+
+def test_op_12_maps_an_ssrc_before_its_member_speaks() -> None:
+    p = protocol()
+    server = Server()
+    connect(p, server)
+    op_12 = {"user_id": str(MEMBER), "audio_ssrc": 78, "video_ssrc": 0, "streams": []}
+    assert p.websocket_frame(1, json.dumps({"op": 12, "d": op_12, "seq": 9}), 1.0) == []
+    assert p.user_for_ssrc(78) == MEMBER
+    # A reconnecting member gets a new SSRC: the old one is forgotten at once.
+    p.websocket_frame(1, server.frame(ServerSpeaking(MEMBER, 79, 1)), 1.0)
+    assert p.user_for_ssrc(79) == MEMBER and p.user_for_ssrc(78) is None
 
 
 def test_the_dave_group_is_the_channel_the_description_was_for(monkeypatch: Any) -> None:

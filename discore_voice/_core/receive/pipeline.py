@@ -1,0 +1,324 @@
+"""The receive pipeline of one voice connection: every datagram in, 20 ms slots per member out.
+
+Sans-IO, like the rest of the core. The UDP task hands over each datagram from the voice server
+(:meth:`ReceivePipeline.datagram`), a receive task calls :meth:`ReceivePipeline.tick` every
+20 ms, and the voice core tells it who is who (:meth:`name`, :meth:`user_left`,
+:meth:`new_session`). Per packet, in the order ``receive-facts.md`` requires:
+
+1. transport: authenticate and decrypt (rtpsize AEAD), skip the extension body, strip the RTP
+   padding (``TransportCipher.decrypt`` does all three; padding left on breaks DAVE's trailing
+   marker, the bug every other library hit);
+2. replay: a packet already seen, or too old to tell, never reaches DAVE (a duplicate would
+   fail its replay check) nor plays twice;
+3. SSRC: the sender must be known for DAVE; packets from an SSRC not yet named are held a
+   second (``ssrc_map.py``);
+4. DAVE: opened end-to-end, or passed through where the protocol allows plaintext
+   (``media.py``); too many failures in a row outside a transition ask the core to recover;
+5. playout: the member's jitter buffer (``playout.py``), which the tick drains.
+
+Each stage counts what it drops, by reason, in :attr:`ReceivePipeline.dropped` (``stage.reason``).
+Stages 3-5 run only while someone receives: a bot that only plays spends nothing on DAVE or
+buffers, and its transport counters still prove media flows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from ..._errors import DecryptionFailed, ProtocolError, UsageError
+from ..rtp import is_rtcp
+from ..snowflake import Snowflake
+from ..transport import TransportCipher
+from ..voice.media import MediaCrypto
+from .events import ReceiveEvent, SpeakingStarted, SpeakingStopped
+from .playout import PlayoutBuffer, Slot, SlotKind
+from .replay import ReplayFilter, Verdict
+from .ssrc_map import HeldPacket, SsrcMap
+from .stats import PLAYOUT_DROPS, ReceiveStats
+
+__all__ = [
+    "DEFAULT_DEPTH",
+    "IDLE_PRUNE_TICKS",
+    "MAX_DEPTH",
+    "ReceivePipeline",
+    "ReceivedSlot",
+    "TickResult",
+]
+
+#: The playout buffer's default depth in 20 ms frames: 100 ms, as Songbird's.
+DEFAULT_DEPTH: Final = 5
+#: The deepest buffer a user may ask for: two seconds.
+MAX_DEPTH: Final = 100
+#: A member silent this long (60 s) loses its buffer and decoder state, so memory follows the
+#: members who speak, not every member who ever did.
+IDLE_PRUNE_TICKS: Final = 3000
+
+
+class ReceivedSlot(NamedTuple):
+    """One member's 20 ms slot, for the shell to decode (or not) and hand out."""
+
+    user_id: Snowflake
+    ssrc: int
+    slot: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """What one tick released: slots to play, speaking changes, and SSRCs whose state is gone."""
+
+    tick: int
+    slots: list[ReceivedSlot]
+    events: list[ReceiveEvent]
+    pruned: list[int]
+
+
+class _Source:
+    """One SSRC's buffer, and whether its member was audible at the last tick."""
+
+    __slots__ = ("backlog", "buffer", "last_active", "playing", "user_id")
+
+    def __init__(self, user_id: Snowflake, buffer: PlayoutBuffer, tick: int) -> None:
+        self.user_id = user_id
+        self.buffer = buffer
+        self.playing = False
+        self.backlog: list[Slot] = []  # held frames released at once, played at the next tick
+        self.last_active = tick
+
+
+class ReceivePipeline:
+    """One connection's receive path; see the module docstring for the stages."""
+
+    def __init__(self, crypto: MediaCrypto) -> None:
+        self._crypto = crypto
+        self._replays = ReplayFilter()
+        self._ssrcs = SsrcMap()
+        self._sources: dict[int, _Source] = {}
+        self._depth: int | None = None
+        self._tick = 0
+        self.received = 0
+        """Datagrams that authenticated and were new: the transport's proof that media flows."""
+        self.dropped: Counter[str] = Counter()
+        """Drops by ``stage.reason``: ``transport``, ``replay``, ``ssrc``, ``dave``, ``playout``."""
+        self.counts: Counter[str] = Counter()
+        """What passed: ``ssrc.held`` and ``ssrc.released`` (unnamed SSRCs), and the counters of
+        pruned playout buffers (``playout.*``)."""
+        self.dave_recovery_wanted = False
+        """Set when DAVE failed too often in a row; the UDP task reports it and clears it."""
+
+    def __repr__(self) -> str:
+        state = f"depth={self._depth}" if self._depth is not None else "idle"
+        return f"<ReceivePipeline {state} received={self.received} sources={len(self._sources)}>"
+
+    # --- who is who (from the voice core) -----------------------------------------------------
+
+    def user_for_ssrc(self, ssrc: int) -> Snowflake | None:
+        return self._ssrcs.user(ssrc)
+
+    def ssrc_for_user(self, user_id: Snowflake) -> int | None:
+        return self._ssrcs.ssrc(user_id)
+
+    def name(self, ssrc: int, user_id: Snowflake) -> None:
+        """Op 5 or op 12 named ``ssrc``'s sender: map it, and play what was held for it."""
+        replaced, held = self._ssrcs.name(ssrc, user_id)
+        for old in replaced:
+            self._drop_source(old)
+        if not held or self._depth is None:
+            return
+        self.counts["ssrc.released"] += len(held)
+        opened = [
+            (packet, frame)
+            for packet in held
+            if (frame := self._decrypt(user_id, packet.payload)) is not None
+        ]
+        # Up to a second of held audio is played out at the next tick, in order, instead of
+        # adding that second of latency to everything the member says after it; only the
+        # newest frames go through the playout buffer, whose depth they fill.
+        keep = self._depth
+        source = self._source(ssrc, user_id)
+        for packet, frame in opened[:-keep]:
+            source.backlog.append(Slot(SlotKind.PACKET, packet.timestamp, frame, packet.sequence))
+        for packet, frame in opened[-keep:]:
+            source.buffer.push(packet.sequence, packet.timestamp, frame)
+
+    def user_left(self, user_id: Snowflake, now: float) -> None:
+        self._ssrcs.user_left(user_id, now)
+
+    def new_session(self) -> None:
+        """A new voice session: the server hands out SSRCs afresh."""
+        self._ssrcs.clear()
+        for source in self._sources.values():
+            self._fold(source.buffer)
+        self._sources.clear()
+        self._replays = ReplayFilter()
+
+    # --- receiving on and off -----------------------------------------------------------------
+
+    @property
+    def receiving(self) -> bool:
+        return self._depth is not None
+
+    @property
+    def tick_count(self) -> int:
+        return self._tick
+
+    def start(self, depth: int = DEFAULT_DEPTH) -> None:
+        """Start decrypting end-to-end and buffering, with ``depth`` frames of playout delay."""
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+            raise UsageError(f"the playout depth must be 1 to {MAX_DEPTH} frames of 20 ms")
+        self._depth = depth
+        self._tick = 0
+
+    def stop(self) -> None:
+        """Nobody receives any more: buffers and held packets go, the SSRC map stays."""
+        self._depth = None
+        for source in self._sources.values():
+            self._fold(source.buffer)
+        self._sources.clear()
+        self._ssrcs.expire(float("inf"))
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    def datagram(self, cipher: TransportCipher, data: bytes, now: float) -> bool:
+        """One datagram from the voice server; True if it was new media that authenticated."""
+        if is_rtcp(data):
+            self.dropped["transport.rtcp"] += 1
+            return False
+        try:
+            packet = cipher.decrypt(data)
+        except DecryptionFailed:
+            self.dropped["transport.undecryptable"] += 1
+            return False
+        except ProtocolError:
+            self.dropped["transport.malformed"] += 1
+            return False
+        header = packet.header
+        ssrc = header.ssrc
+        verdict = self._replays.check(ssrc, header.sequence)
+        if verdict is not Verdict.NEW:
+            self.dropped["replay." + verdict.value] += 1  # duplicate or stale
+            return False
+        self.received += 1
+        if self._depth is None:
+            return True
+        payload = packet.payload
+        if not payload:
+            self.dropped["transport.empty"] += 1  # all padding: nothing to play
+            return True
+        user_id = self._ssrcs.user(ssrc)
+        if user_id is None:
+            reason = self._ssrcs.hold(
+                ssrc, HeldPacket(header.sequence, header.timestamp, payload, now)
+            )
+            if reason is None:
+                self.counts["ssrc.held"] += 1
+            else:
+                self.dropped["ssrc." + reason] += 1
+            return True
+        self._open(ssrc, user_id, header.sequence, header.timestamp, payload)
+        return True
+
+    def _open(
+        self, ssrc: int, user_id: Snowflake, sequence: int, timestamp: int, payload: bytes
+    ) -> None:
+        frame = self._decrypt(user_id, payload)
+        if frame is not None:
+            self._source(ssrc, user_id).buffer.push(sequence, timestamp, frame)
+
+    def _decrypt(self, user_id: Snowflake, payload: bytes) -> bytes | None:
+        crypto = self._crypto
+        frame = crypto.decrypt_from(user_id, payload)
+        if frame is None:
+            self.dropped["dave.decrypt_failed"] += 1
+            if crypto.failing:
+                self.dave_recovery_wanted = True
+        return frame
+
+    def _source(self, ssrc: int, user_id: Snowflake) -> _Source:
+        source = self._sources.get(ssrc)
+        if source is None:
+            assert self._depth is not None
+            source = self._sources[ssrc] = _Source(user_id, PlayoutBuffer(self._depth), self._tick)
+        source.last_active = self._tick
+        return source
+
+    # --- the 20 ms tick -----------------------------------------------------------------------
+
+    def tick(self, now: float) -> TickResult:
+        """Release this 20 ms slot of every member who is playing out."""
+        self._tick += 1
+        tick = self._tick
+        expired = self._ssrcs.expire(now)
+        if expired:
+            self.dropped["ssrc.unnamed_expired"] += expired
+        pruned = self._ssrcs.due(now)
+        events: list[ReceiveEvent] = []
+        for ssrc in pruned:
+            events += self._drop_source(ssrc)
+        slots: list[ReceivedSlot] = []
+        idle: list[int] = []
+        for ssrc, source in self._sources.items():
+            buffer = source.buffer
+            ready = source.backlog
+            if ready:
+                source.backlog = []
+                self.counts["playout.backlog"] += len(ready)
+            else:
+                ready = []
+            slot = buffer.pop()
+            if slot is not None:
+                ready.append(slot)
+            for slot in ready:
+                if not source.playing:
+                    source.playing = True
+                    events.append(SpeakingStarted(source.user_id, ssrc, tick))
+                slots.append(ReceivedSlot(source.user_id, ssrc, slot))
+            if source.playing and not buffer.is_playing:
+                source.playing = False
+                events.append(SpeakingStopped(source.user_id, ssrc, tick))
+            if not source.playing and tick - source.last_active > IDLE_PRUNE_TICKS:
+                idle.append(ssrc)
+        for ssrc in idle:
+            self._fold(self._sources.pop(ssrc).buffer)
+            pruned.append(ssrc)
+        return TickResult(tick, slots, events, pruned)
+
+    def _drop_source(self, ssrc: int) -> list[ReceiveEvent]:
+        self._replays.forget(ssrc)
+        source = self._sources.pop(ssrc, None)
+        if source is None:
+            return []
+        self._fold(source.buffer)
+        if source.playing:
+            return [SpeakingStopped(source.user_id, ssrc, self._tick)]
+        return []
+
+    def _fold(self, buffer: PlayoutBuffer) -> None:
+        """Keep a pruned buffer's counters in the connection's totals."""
+        for key, value in buffer.stats.items():
+            self.counts["playout." + key] += value
+
+    def snapshot(self, extra: Counter[str] | None = None) -> ReceiveStats:
+        """Every counter so far; ``extra`` adds the shell's (``decode.*``, ``stream.*``)."""
+        passed = Counter(self.counts)
+        for source in self._sources.values():
+            for key, value in source.buffer.stats.items():
+                passed["playout." + key] += value
+        dropped = Counter(self.dropped)
+        for key in [k for k in passed if k.startswith("playout.")]:
+            if key[8:] in PLAYOUT_DROPS:
+                dropped[key] += passed.pop(key)
+        for key, value in self._crypto.stats.items():
+            if key == "decrypt_failed":
+                continue  # counted by the pipeline as dave.decrypt_failed, which is the same
+            if key not in ("encrypted", "encrypt_failed"):
+                passed["dave." + key] += value
+        if extra:
+            for key, value in extra.items():
+                (dropped if key.endswith(("dropped", "failed")) else passed)[key] += value
+        return ReceiveStats(
+            received=self.received,
+            dropped={k: v for k, v in dropped.items() if v},
+            passed={k: v for k, v in passed.items() if v},
+        )
