@@ -44,7 +44,14 @@ def heard(output: str, who: str) -> int:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"play_file.py", "soundboard.py", "bridge_worker.py", "test_my_bot.py"}
+    tested = {
+        "play_file.py",
+        "soundboard.py",
+        "bridge_worker.py",
+        "test_my_bot.py",
+        "record_call.py",
+        "echo_bot.py",
+    }
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -127,3 +134,28 @@ def test_bridge_worker_runs_voice_in_a_second_process() -> None:
 def test_my_bot_example_passes_under_pytest() -> None:
     output = run("-m", "pytest", EXAMPLES / "test_my_bot.py", "-q", "-p", "no:cacheprovider")
     assert re.search(r"\b1 passed\b", output), output
+
+
+def test_record_call_writes_one_aligned_file_per_member(tmp_path: Path) -> None:
+    from discore_voice._audio.ogg import OggOpusReader
+
+    output = run(EXAMPLES / "record_call.py", "--out", tmp_path)
+    files = sorted(tmp_path.glob("*.ogg"))
+    assert len(files) == 2, output
+    lengths = []
+    for path in files:
+        reader = OggOpusReader(str(path))
+        packets = reader.feed(path.read_bytes())
+        reader.close()
+        lengths.append(len(packets))
+        # Each member said half a second: at least 25 frames that are not silence.
+        assert sum(packet != b"\xf8\xff\xfe" for packet in packets) >= 25, output
+    assert lengths[0] == lengths[1] >= 75  # both span the whole recording (~2 s), aligned
+    assert output.count("is speaking") == 2
+
+
+def test_echo_bot_says_back_what_it_heard() -> None:
+    output = run(EXAMPLES / "echo_bot.py")
+    echoed = number(r"echoed (\d+) frames", output)
+    assert echoed >= 30, output  # 0.6 s of tone, and its silence tail
+    assert heard(output, "alice") >= echoed

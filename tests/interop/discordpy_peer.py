@@ -16,7 +16,8 @@ bot token comes only from ``DISCORE_VOICE_PEER_TOKEN``, so it never shows in a p
 It logs in, joins the voice channel, plays ``--seconds`` of a ``--hz`` sine as raw PCM
 (``discord.PCMAudio`` over a BytesIO), disconnects and exits 0. Progress goes to stdout as one
 JSON object per line, so a test can synchronise on it: ``start``, ``ready``, ``connected``,
-``played``, ``disconnected``, ``done``, or ``error`` (then exit 1). With ``--hold``, it waits after
+``played``, ``disconnected``, ``done``, or ``error`` (then exit 1); with ``--wait-dave`` it plays
+only once its DAVE group can encrypt, and says ``dave_ready`` first. With ``--hold``, it waits after
 ``played`` (and ``holding``) for a line on stdin before it disconnects, so the test can first
 check what the server received while the voice session is still live. discord.py's own log goes
 to stderr (``--verbose`` makes it DEBUG, which includes voice tokens: keep such logs private).
@@ -101,6 +102,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--hold", action="store_true", help="wait for a line on stdin before disconnecting"
     )
+    parser.add_argument(
+        "--wait-dave", action="store_true", help="play only once DAVE encrypts (then 'dave_ready')"
+    )
     parser.add_argument("--verbose", action="store_true", help="discord.py's DEBUG log on stderr")
     args = parser.parse_args(argv)
     missing = [
@@ -147,6 +151,13 @@ async def play(client: discord.Client, args: argparse.Namespace) -> None:
 
         loop.call_soon_threadsafe(settle)
 
+    if args.wait_dave:
+        # Play only once discord.py end-to-end encrypts (its own test of that): until then it
+        # sends plaintext, which is not what a DAVE receive test is about.
+        state = voice._connection
+        while not state.can_encrypt:  # noqa: ASYNC110 (discord.py has no event for it)
+            await asyncio.sleep(0.02)
+        emit("dave_ready", protocol_version=state.dave_protocol_version)
     source = CountingPCM(io.BytesIO(sine_pcm(args.seconds, args.hz)))
     voice.play(source, after=after)
     error = await finished

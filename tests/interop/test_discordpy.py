@@ -32,12 +32,14 @@ from typing import Any
 import pytest
 import trio
 
+from discore_voice import Intents, ReceivedAudio, open_shard, voice_connection
 from discore_voice._audio.signals import (
     channel,
     find_alignment,
     sine_pcm,
     zero_crossing_frequency,
 )
+from discore_voice._core.speaking import OPUS_SILENCE_FRAME
 from discore_voice._core.transport import XCHACHA20_POLY1305_RTPSIZE
 from discore_voice._core.voice.opcodes import VoiceCloseCode, VoiceOpcode
 from discore_voice.testing import LocalDiscord, open_local_discord
@@ -171,14 +173,19 @@ class Peer:
 
 @asynccontextmanager
 async def run_peer(
-    python: str, discord: LocalDiscord, guild_id: int, channel_id: int
+    python: str,
+    discord: LocalDiscord,
+    guild_id: int,
+    channel_id: int,
+    *options: str,
+    token: str | None = None,
 ) -> AsyncIterator[Peer]:
     """Start discordpy_peer.py; leaving the block early kills it (trio.run_process does)."""
     env = dict(os.environ)
     # The peer venv is self-contained; nothing of ours may leak onto its import path.
     for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
         env.pop(name, None)
-    env["DISCORE_VOICE_PEER_TOKEN"] = discord.bot.token
+    env["DISCORE_VOICE_PEER_TOKEN"] = token or discord.bot.token
     command = [
         python,
         str(PEER_SCRIPT),
@@ -191,6 +198,7 @@ async def run_peer(
         *("--hz", str(HZ)),
         *("--timeout", str(PEER_TIMEOUT)),
         "--hold",
+        *options,
     ]
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
@@ -217,20 +225,20 @@ async def run_peer(
 
 @asynccontextmanager
 async def simulator(
-    voice_events_order: VoiceEventsOrder,
+    voice_events_order: VoiceEventsOrder, *, dave: str = "off"
 ) -> AsyncIterator[tuple[LocalDiscord, VoiceServer]]:
     """The simulator with TLS, offering discord.py's one rtpsize mode.
 
-    DAVE is off, so that the test is about the transport layer alone: the media server records
-    what it decrypted at that layer, and an established DAVE group would end-to-end encrypt the
-    Opus frames inside it.
+    DAVE is off unless asked for, so that the sending tests are about the transport layer
+    alone: the media server records what it decrypted at that layer, and an established DAVE
+    group would end-to-end encrypt the Opus frames inside it.
     """
     async with open_local_discord(
         tls=True,
         voice_events_order=voice_events_order,
         voice_modes=(XCHACHA20_POLY1305_RTPSIZE,),
         resend_session_description_on_resume=True,
-        dave="off",
+        dave=dave,  # type: ignore[arg-type]
         # Discord's two voice events come from different services, milliseconds apart.
         voice_events_gap=VOICE_EVENTS_GAP,
     ) as discord:
@@ -468,3 +476,70 @@ def assert_resumed_and_continued(
         packets_before,
         stream.summary(),
     )
+
+
+# --- our bot hears discord.py ------------------------------------------------------------------
+
+
+async def test_our_bot_hears_discordpy_through_dave_and_decodes_the_tone(peer_python: str) -> None:
+    """Issue 14's interop: an unmodified discord.py plays; we receive it end-to-end encrypted."""
+    for attempt in range(1, ATTEMPTS + 1):
+        started = time.monotonic()
+        with trio.fail_after(SCENARIO_LIMIT):
+            outcome = await hear_discordpy(peer_python)
+        if outcome is not RETRY:
+            print(f"discord.py receive interop: {time.monotonic() - started:.2f} s")
+            return
+        print(f"attempt {attempt}: {LOST_WAKEUP}; running it again")
+    pytest.fail(f"{LOST_WAKEUP}, on all {ATTEMPTS} attempts")
+
+
+async def hear_discordpy(peer_python: str) -> Retry | None:
+    async with simulator(("state", "server"), dave="required") as (discord, voice):
+        guild = discord.add_guild(name="interop")
+        stage = guild.add_voice_channel(name="stage")
+        other = discord.add_bot("discord.py")
+        tls = discord.client_ssl_context()
+        async with (
+            open_shard(
+                discord.bot.token,
+                intents=Intents.VOICE_DEFAULT,
+                gateway_url=discord.gateway_url,
+                ssl_context=tls,
+            ) as shard,
+            voice_connection(shard, guild.id, stage.id, ssl_context=tls) as vc,
+            vc.receive() as rx,
+        ):
+            heard = rx.user(other.user_id)
+            async with run_peer(
+                peer_python, discord, guild.id, stage.id, "--wait-dave", token=other.token
+            ) as peer:
+                try:
+                    await peer.expect("connected")
+                except PeerFailed:
+                    if discordpy_lost_wakeup(discord, voice, peer):
+                        return RETRY
+                    raise
+                assert (await peer.expect("dave_ready"))["protocol_version"] == 1
+                frames: list[ReceivedAudio] = []
+                async for frame in heard:
+                    if frame.opus != OPUS_SILENCE_FRAME and not frame.concealed:
+                        frames.append(frame)
+                    if len(frames) >= AUDIO_FRAMES:
+                        break
+                # The call was end-to-end encrypted while discord.py played: one group.
+                code = vc.voice_privacy_code
+                played = await peer.expect("played")
+                assert (played["frames"], played["error"]) == (AUDIO_FRAMES, None), peer.report()
+                await peer.release()
+                await peer.expect("done")
+                assert await peer.exit_code() == 0, peer.report()
+            stats = vc.receive_stats
+        assert code is not None
+        # Every frame discord.py sent was opened by our DAVE layer, none passed in the clear.
+        assert stats.passed.get("dave.decrypted", 0) >= AUDIO_FRAMES, stats
+        assert stats.total_dropped() == 0, stats
+        pcm = b"".join(frame.pcm or b"" for frame in frames)
+        match = find_alignment(channel(sine_pcm(SECONDS, hz=HZ)), channel(pcm))
+        assert match.correlation >= 0.99, match
+    return None

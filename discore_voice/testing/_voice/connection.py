@@ -9,7 +9,6 @@ each valid message to the server (see ``_voice_gateway``, which holds the policy
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -182,19 +181,6 @@ class VoiceGatewaySession:
         if buffered:
             self._remember(seq, int(message.OPCODE), frame)
         self._push(seq, int(message.OPCODE), frame)
-        return seq
-
-    def send_json(self, op: int, d: dict[str, Any], *, buffered: bool = True) -> int:
-        """Number, buffer and send a JSON message no payload class describes; returns its seq.
-
-        For undocumented ops seen in the wild (op 12): the simulator sends them as Discord
-        does, numbered like everything else, without the core having to model them.
-        """
-        seq = self._next_seq()
-        frame = json.dumps({"op": op, "d": d, "seq": seq}, separators=(",", ":"))
-        if buffered:
-            self._remember(seq, op, frame)
-        self._push(seq, op, frame)
         return seq
 
     def send_binary(self, message: ServerBinaryMessage) -> int:

@@ -61,6 +61,7 @@ from ..._core.voice.payloads import (
     ClientMessage,
     ClientsConnect,
     ClientSpeaking,
+    ClientSsrcs,
     Identify,
     Ready,
     Resume,
@@ -611,23 +612,11 @@ class VoiceServer:
 
 
 #: The undocumented op 12; the core's opcode enum may not name it, so the number is used.
-OP12 = 12
-
-
 def _send_op12(to: MediaEndpoint, about: MediaEndpoint) -> None:
     """Tell a bot ``about``'s audio SSRC; members live in process and need no such hint."""
     owner = to.owner
     if isinstance(owner, VoiceGatewaySession):
-        owner.send_json(
-            OP12,
-            {
-                "user_id": str(about.user_id),
-                "audio_ssrc": about.ssrc,
-                "video_ssrc": 0,
-                "rtx_ssrc": 0,
-                "streams": [],
-            },
-        )
+        owner.send(ClientSsrcs(about.user_id, about.ssrc))
 
 
 def _describe(code: int) -> str:
