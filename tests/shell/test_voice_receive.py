@@ -402,3 +402,81 @@ async def test_receive_arguments_and_one_receiver_at_a_time() -> None:
         # The connection is over: a receiver still opens, and its streams end at once.
         async with vc.receive() as rx:
             assert [frame async for frame in rx.all()] == []
+
+
+# --- DAVE churn --------------------------------------------------------------------------------
+
+
+async def test_a_downgrade_and_an_upgrade_mid_speech_lose_nothing() -> None:
+    frames = encode_pcm(sine_pcm(3.0))
+    async with environment() as env:
+        member = env.member()
+        async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
+            await in_group(vc, [member])
+            async with vc.receive(decode=False) as rx:
+                stream = rx.user(member.user_id)
+                got: list[ReceivedAudio] = []
+                with trio.fail_after(WAIT):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(member.speak_opus, frames)
+                        got += await collect(stream, 20, concealed=False)
+                        env.voice.dave_downgrade(env.channel.id)
+                        await vc.wait_for(lambda: vc.dave_protocol_version == 0)
+                        got += await collect(stream, 30, concealed=False)
+                        env.voice.dave_upgrade(env.channel.id)
+                        await in_group(vc, [member])
+                        got += await collect(stream, len(frames) - 50, concealed=False)
+            stats = vc.receive_stats
+    # Plaintext during the transport-only stretch, end-to-end encrypted on either side of it:
+    # every frame heard, in order, none failing DAVE.
+    assert [f.opus for f in got] == frames
+    assert stats.total_dropped("dave") == 0, stats
+    assert stats.passed["dave.decrypted"] > 0 and stats.passed["dave.passed_through"] > 0
+
+
+async def test_members_joining_and_leaving_mid_speech_do_not_interrupt_another() -> None:
+    frames = encode_pcm(sine_pcm(2.0))
+    async with environment() as env:
+        speaker = env.member(name="speaker")
+        async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
+            await in_group(vc, [speaker])
+            async with vc.receive(decode=False) as rx:
+                stream = rx.user(speaker.user_id)
+                with trio.fail_after(WAIT):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(speaker.speak_opus, frames)
+                        got = await collect(stream, 15, concealed=False)
+                        newcomer = env.member(name="newcomer")  # the group re-keys
+                        await in_group(vc, [speaker, newcomer])
+                        got += await collect(stream, 15, concealed=False)
+                        newcomer.leave()  # and again
+                        got += await collect(stream, len(frames) - 30, concealed=False)
+            stats = vc.receive_stats
+    assert [f.opus for f in got] == frames
+    assert stats.total_dropped("dave") == 0, stats
+
+
+async def test_frames_that_keep_failing_dave_start_the_group_over() -> None:
+    """36 undecryptable frames in a row outside a transition: op 31 and a fresh key package."""
+    frames = encode_pcm(sine_pcm(0.4))
+    forged = [bytes(20) + bytes([12]) + b"\xfa\xfa" for _ in range(40)]  # DAVE-shaped garbage
+    async with environment() as env:
+        member = env.member()
+        async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
+            await in_group(vc, [member])
+            async with vc.receive(decode=False) as rx:
+                stream = rx.user(member.user_id)
+                with trio.fail_after(WAIT):
+                    encryptor, member.frame_encryptor = member.frame_encryptor, None
+                    await member.speak_opus(forged)  # reaches the bot as is: it cannot open it
+                    await vc.wait_for(lambda: vc.dave_stats.get("recoveries", 0) == 1)
+                    member.frame_encryptor = encryptor
+                    await in_group(vc, [member])  # the group formed again, with the bot in it
+                    await member.speak_opus(frames)
+                    # The forged run's silence tail (which DAVE passes) comes first.
+                    got = await collect(stream, len(frames) + 5, concealed=False)
+            stats = vc.receive_stats
+            assert 31 in env.session().received_ops  # DAVE_MLS_INVALID_COMMIT_WELCOME
+    assert vc.dave_stats["recoveries"] == 1
+    assert audio_of(got) == frames  # nothing forged came out; everything after, as sent
+    assert stats.dropped["dave.decrypt_failed"] >= 36

@@ -13,7 +13,11 @@ Sans-IO, like the rest of the core. The UDP task hands over each datagram from t
 3. SSRC: the sender must be known for DAVE; packets from an SSRC not yet named are held a
    second (``ssrc_map.py``);
 4. DAVE: opened end-to-end, or passed through where the protocol allows plaintext
-   (``media.py``); too many failures in a row outside a transition ask the core to recover;
+   (``media.py``). A frame that fails is kept a second and tried again whenever the group
+   changes: a member that switched to a new epoch's key a moment before our commit arrived
+   sends frames only the new key opens, and dropping them cut every re-key's first words
+   (measured: 2 frames of a speaker each time someone joined). Too many failures in a row
+   outside a transition ask the core to recover;
 5. playout: the member's jitter buffer (``playout.py``), which the tick drains.
 
 Each stage counts what it drops, by reason, in :attr:`ReceivePipeline.dropped` (``stage.reason``).
@@ -23,7 +27,7 @@ buffers, and its transport counters still prove media flows.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -51,6 +55,10 @@ __all__ = [
 DEFAULT_DEPTH: Final = 5
 #: The deepest buffer a user may ask for: two seconds.
 MAX_DEPTH: Final = 100
+#: Frames that failed DAVE, kept for a retry when the group changes: a second of them, at most
+#: this many over all members.
+MAX_RETRY_FRAMES: Final = 64
+RETRY_SECONDS: Final = 1.0
 #: A member silent this long (60 s) loses its buffer and decoder state, so memory follows the
 #: members who speak, not every member who ever did.
 IDLE_PRUNE_TICKS: Final = 3000
@@ -87,6 +95,17 @@ class _Source:
         self.last_active = tick
 
 
+class _Failed(NamedTuple):
+    """A frame DAVE could not open yet."""
+
+    ssrc: int
+    user_id: Snowflake
+    sequence: int
+    timestamp: int
+    payload: bytes
+    arrived: float
+
+
 class ReceivePipeline:
     """One connection's receive path; see the module docstring for the stages."""
 
@@ -106,6 +125,7 @@ class ReceivePipeline:
         pruned playout buffers (``playout.*``)."""
         self.dave_recovery_wanted = False
         """Set when DAVE failed too often in a row; the UDP task reports it and clears it."""
+        self._retry: deque[_Failed] = deque()
 
     def __repr__(self) -> str:
         state = f"depth={self._depth}" if self._depth is not None else "idle"
@@ -127,11 +147,15 @@ class ReceivePipeline:
         if not held or self._depth is None:
             return
         self.counts["ssrc.released"] += len(held)
-        opened = [
-            (packet, frame)
-            for packet in held
-            if (frame := self._decrypt(user_id, packet.payload)) is not None
-        ]
+        opened: list[tuple[HeldPacket, bytes]] = []
+        for packet in held:
+            frame = self._decrypt(user_id, packet.payload)
+            if frame is None:
+                self._defer(
+                    ssrc, user_id, packet.sequence, packet.timestamp, packet.payload, packet.arrived
+                )
+            else:
+                opened.append((packet, frame))
         # Up to a second of held audio is played out at the next tick, in order, instead of
         # adding that second of latency to everything the member says after it; only the
         # newest frames go through the playout buffer, whose depth they fill.
@@ -148,6 +172,7 @@ class ReceivePipeline:
     def new_session(self) -> None:
         """A new voice session: the server hands out SSRCs afresh."""
         self._ssrcs.clear()
+        self._expire_retries(float("inf"))
         for source in self._sources.values():
             self._fold(source.buffer)
         self._sources.clear()
@@ -173,6 +198,7 @@ class ReceivePipeline:
     def stop(self) -> None:
         """Nobody receives any more: buffers and held packets go, the SSRC map stays."""
         self._depth = None
+        self._expire_retries(float("inf"))
         for source in self._sources.values():
             self._fold(source.buffer)
         self._sources.clear()
@@ -216,24 +242,69 @@ class ReceivePipeline:
             else:
                 self.dropped["ssrc." + reason] += 1
             return True
-        self._open(ssrc, user_id, header.sequence, header.timestamp, payload)
+        self._open(ssrc, user_id, header.sequence, header.timestamp, payload, now)
         return True
 
     def _open(
-        self, ssrc: int, user_id: Snowflake, sequence: int, timestamp: int, payload: bytes
+        self,
+        ssrc: int,
+        user_id: Snowflake,
+        sequence: int,
+        timestamp: int,
+        payload: bytes,
+        now: float,
     ) -> None:
         frame = self._decrypt(user_id, payload)
-        if frame is not None:
+        if frame is None:
+            self._defer(ssrc, user_id, sequence, timestamp, payload, now)
+        else:
             self._source(ssrc, user_id).buffer.push(sequence, timestamp, frame)
+
+    def _defer(
+        self,
+        ssrc: int,
+        user_id: Snowflake,
+        sequence: int,
+        timestamp: int,
+        payload: bytes,
+        arrived: float,
+    ) -> None:
+        """Keep a frame DAVE refused, for :meth:`dave_changed`; the oldest goes when full."""
+        retry = self._retry
+        if len(retry) >= MAX_RETRY_FRAMES:
+            retry.popleft()
+            self.dropped["dave.decrypt_failed"] += 1
+        retry.append(_Failed(ssrc, user_id, sequence, timestamp, payload, arrived))
 
     def _decrypt(self, user_id: Snowflake, payload: bytes) -> bytes | None:
         crypto = self._crypto
         frame = crypto.decrypt_from(user_id, payload)
-        if frame is None:
-            self.dropped["dave.decrypt_failed"] += 1
-            if crypto.failing:
-                self.dave_recovery_wanted = True
+        if frame is None and crypto.failing:
+            self.dave_recovery_wanted = True
         return frame
+
+    def dave_changed(self) -> None:
+        """The DAVE group changed (a commit, a welcome, a transition): try the failed frames."""
+        if not self._retry or self._depth is None:
+            return
+        failed, self._retry = self._retry, deque()
+        for item in failed:
+            frame = self._crypto.decrypt_from(item.user_id, item.payload, retry=True)
+            if frame is None:
+                self._retry.append(item)
+                continue
+            self.counts["dave.retried"] += 1
+            if self._ssrcs.user(item.ssrc) == item.user_id:
+                self._source(item.ssrc, item.user_id).buffer.push(
+                    item.sequence, item.timestamp, frame
+                )
+
+    def _expire_retries(self, now: float) -> None:
+        retry = self._retry
+        limit = now - RETRY_SECONDS
+        while retry and retry[0].arrived <= limit:
+            retry.popleft()
+            self.dropped["dave.decrypt_failed"] += 1
 
     def _source(self, ssrc: int, user_id: Snowflake) -> _Source:
         source = self._sources.get(ssrc)
@@ -252,6 +323,8 @@ class ReceivePipeline:
         expired = self._ssrcs.expire(now)
         if expired:
             self.dropped["ssrc.unnamed_expired"] += expired
+        if self._retry:
+            self._expire_retries(now)
         pruned = self._ssrcs.due(now)
         events: list[ReceiveEvent] = []
         for ssrc in pruned:

@@ -28,16 +28,33 @@ packet from then on. Here every packet is also judged against the newest accepte
 sequence number *and* timestamp: a coherent sender's timestamps advance at least one frame per
 sequence number (more across a pause), so a newer packet whose timestamp does not is proof of a
 jump back, and a packet beyond the window of ``max_slots`` slots from the one due is a jump
-forward. Either way the buffer resynchronises: it drops what it holds and fills again from that
-packet, so audio resumes within ``target_depth + 1`` pops. The same rule keeps a straggler from
+forward. Either way the buffer resynchronises: it fills again from that packet, and plays what
+it held of the old timeline meanwhile (below). The same rule keeps a straggler from
 before the jump (older sequence number, newer timestamp) from dragging the buffer back to the
 abandoned timeline: it is dropped as ``stale``, never resynchronised to; and a packet older in
 both counters is merely late, however far behind, since resynchronising to it would throw away
-the talkspurt under way. Only when the sequence number is too far from the newest one to judge
-does the timestamp decide alone. A sender whose counter restarts just *behind* the newest number
-looks like late packets until its talkspurt ends (``max_concealed`` pops), then starts afresh.
-All arithmetic on sequence numbers and timestamps is serial (modulo 2**16 and 2**32), so the
-wraps are just steps.
+the talkspurt under way. A sequence number too far from the newest one (a long loss, or a
+counter that restarted) cannot say how far the timestamp should have moved, only which way: a
+newer packet that is not past the newest one went back all the same, however far its number
+leapt, also when it lands among the slots buffered rather than behind them (taken for the
+newest, it lost its slot to the abandoned timeline's packet); an older one is late behind the
+slot due, and short of the newest packet fills its slot if free without becoming the newest.
+Past the newest packet, the timestamp decides alone. A sender whose counter restarts just
+*behind* the newest number looks like late packets until its talkspurt ends (``max_concealed``
+pops), then starts afresh. All arithmetic on sequence numbers and timestamps is serial (modulo
+2**16 and 2**32), so the wraps are just steps.
+
+A resync discards nothing. What the buffer held of the old timeline is a member's real speech,
+up to the whole delay of it at every clock jump, so those packets leave the slot grid for a
+drain, in slot order, each keeping its own timeline's timestamp, and each pop during the fill
+hands out the next of them as a PACKET slot. The empty slots between them are skipped, not
+concealed: the drain then lasts one pop per packet, so the new timeline waits behind it as
+little as can be, and the packet of such a slot could no longer join it anyway (a straggler of
+an abandoned timeline is stale or late). The fill's pops run alongside the drain's, so the new
+timeline starts when it would have without it, and without a pause when the buffer held at
+least ``target_depth - 1`` packets, as a steady stream leaves it; unless the drain is the longer
+(a burst was held), and the new timeline starts as it ends, the latency that adds bounded by the
+overflow limit below. A jump during a drain queues the timeline that was filling behind it.
 
 Between talkspurts a packet behind the last one played, in both counters, is a late straggler;
 any other starts the next talkspurt, also one whose timestamps resume right after the last
@@ -50,8 +67,14 @@ the packets of the concealed slots arrive late in a burst, the path has a delay 
 than the buffer: the target depth grows by one frame per such late packet, up to ``max_depth``
 (three times the depth), and takes effect at the next fill (the next talkspurt, seconds away for
 a speaking human) and in the overflow limit at once. While playing, a buffer holding more than
-``target_depth + 2`` packets (a burst, or a sender whose clock runs fast) drops its oldest ones,
-so the added latency never persists. After 250 pops (5 s) without an underrun the target depth
+twice the target depth (at least ``target_depth + 2``) drops its oldest packets, so latency is
+bounded at twice the chosen delay. The limit scales with the delay because a burst is not loss:
+a sender whose clock stalled sends what it owes at once (an unmodified discord.py does), and a
+margin of two frames dropped one packet in 150 of it; a buffer deep enough to ride out that much
+jitter can ride out a burst as long. A sender whose clock runs fast hits the limit all the same,
+so the added latency never grows past it. The packets of a drain count toward ``max_slots``
+(the oldest of them are dropped to keep it) but not toward the overflow limit, which applies
+once the new timeline plays. After 250 pops (5 s) without an underrun the target depth
 shrinks one frame back toward ``depth``.
 
 Counters in :attr:`PlayoutBuffer.stats`, each a count of packets (pushes) or slots (pops):
@@ -62,25 +85,27 @@ Counters in :attr:`PlayoutBuffer.stats`, each a count of packets (pushes) or slo
 - ``duplicate``: rejected, its slot (or its sequence number, the newest's) already holds one.
 - ``stale``: rejected, older by sequence number but not by timestamp: a straggler from before a
   timeline jump.
-- ``played``: PACKET slots. ``fec``: FEC slots. ``plc``: PLC slots, the sum of ``lost`` (later
-  packets were buffered), ``underrun`` (nothing was) and ``gap`` (the last frame played was a
-  silence frame, so the sender paused rather than lost anything).
+- ``played``: PACKET slots, a drain's included. ``fec``: FEC slots. ``plc``: PLC slots, the sum
+  of ``lost`` (later packets were buffered), ``underrun`` (nothing was) and ``gap`` (the last
+  frame played was a silence frame, so the sender paused rather than lost anything).
 - ``ended``: talkspurts ended after ``max_concealed`` underrun slots; ``finished``: talkspurts
   ended cleanly on a silence frame.
-- ``resync``: timeline jumps; ``flushed``: packets dropped unplayed by a resync or
-  :meth:`PlayoutBuffer.reset`.
-- ``overflow``: packets dropped to cut latency; ``skipped``: slots skipped doing so, with or
-  without a packet (the played timestamps advance by that many extra frames).
+- ``resync``: timeline jumps; ``flushed``: packets dropped unplayed by
+  :meth:`PlayoutBuffer.reset` (a resync plays what it held instead).
+- ``overflow``: packets dropped to cut latency, or a drain's oldest to keep within
+  ``max_slots``; ``skipped``: slots skipped doing so, with or without a packet, and the empty
+  slots a drain skips (either way the played timestamps advance by that many extra frames).
 - ``spike``: bursts of late packets after an underrun (each grew the target depth).
 
-Conservation: ``accepted == played + overflow + flushed + buffered``, and every push is counted
-once in ``accepted``, ``late``, ``duplicate`` or ``stale``.
+Conservation: ``accepted == played + overflow + flushed + buffered`` (``buffered`` counts a
+drain's packets too), and every push is counted once in ``accepted``, ``late``, ``duplicate``
+or ``stale``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -109,7 +134,9 @@ DEFAULT_MAX_CONCEALED: Final = 5
 #: The largest ``max_slots``: sequence numbers are then compared well inside half their 16-bit
 #: space, and a window of 20 s (the replay filter's) is more than any listener waits.
 MAX_SLOTS_LIMIT: Final = 1024
-#: Frames beyond the target depth a playing buffer may hold before it drops the oldest.
+#: The least number of frames beyond the target depth a playing buffer holds before it drops
+#: the oldest; beyond a depth of two frames the margin is the depth itself (see
+#: :attr:`PlayoutBuffer.overflow_limit`).
 OVERFLOW_MARGIN: Final = 2
 #: Pops without an underrun after which the target depth shrinks by one frame: 5 s.
 DECAY_POPS: Final = 250
@@ -210,16 +237,19 @@ class PlayoutBuffer:
     the sender's timeline and never wraps; the RTP timestamp of the slot due next is kept beside
     it, so every wrap-around comparison is one serial subtraction against that anchor. A PACKET
     :class:`Slot` is built when its packet is accepted and handed out as is, so a pop that plays
-    a packet allocates nothing.
+    a packet allocates nothing. After a resync the old timeline's packets wait in a separate
+    queue, the drain, since their slot indices may overlap the new timeline's.
     """
 
     __slots__ = (
         "_concealed",
         "_depth",
+        "_drain",
         "_expected_slot",
         "_expected_ts",
         "_floor",
         "_last_packet_slot",
+        "_limit",
         "_max_concealed",
         "_max_depth",
         "_max_slots",
@@ -228,6 +258,7 @@ class PlayoutBuffer:
         "_pops_calm",
         "_ref_seq",
         "_ref_slot",
+        "_seam",
         "_silent",
         "_spiked",
         "_started",
@@ -262,9 +293,12 @@ class PlayoutBuffer:
         self._depth = depth
         self._max_depth = max_depth
         self._max_slots = max_slots
-        self._target = depth
+        self._set_target(depth)
         self.stats: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
         self._packets: dict[int, Slot] = {}
+        # The packets of abandoned timelines still to play, oldest first, each with the number
+        # of empty slots before it (skipped, not concealed).
+        self._drain: deque[tuple[int, Slot]] = deque()
         self._pops_calm = 0
         self._forget()
 
@@ -280,9 +314,14 @@ class PlayoutBuffer:
         self._floor = 0
         self._last_packet_slot: int | None = None
         self._waited = 0
+        self._seam = False
         self._concealed = 0
         self._silent = False
         self._clear_underrun()
+
+    def _set_target(self, target: int) -> None:
+        self._target = target
+        self._limit = max(2 * target, target + OVERFLOW_MARGIN)
 
     def _clear_underrun(self) -> None:
         self._underrun_first = 1
@@ -298,8 +337,13 @@ class PlayoutBuffer:
 
     @property
     def is_playing(self) -> bool:
-        """Whether pops hand out slots; False while idle or filling (pops return None)."""
-        return self._state == _PLAYING
+        """Whether pops hand out slots; False while idle or filling (pops return None).
+
+        Also True while the packets of an abandoned timeline play out during a fill, and after
+        the last of them when the next pop is sure to start the new timeline: the seam is not
+        a pause.
+        """
+        return self._state == _PLAYING or self._seam or bool(self._drain)
 
     @property
     def is_idle(self) -> bool:
@@ -308,8 +352,13 @@ class PlayoutBuffer:
 
     @property
     def buffered(self) -> int:
-        """Packets held, at most ``max_slots``."""
-        return len(self._packets)
+        """Packets held, at most ``max_slots``, including those of an abandoned timeline."""
+        return len(self._packets) + len(self._drain)
+
+    @property
+    def draining(self) -> int:
+        """Packets of abandoned timelines (before a resync) still to play before this one."""
+        return len(self._drain)
 
     @property
     def depth(self) -> int:
@@ -320,16 +369,26 @@ class PlayoutBuffer:
         """The current fill depth in frames: ``depth``, raised by delay spikes up to max_depth."""
         return self._target
 
+    @property
+    def overflow_limit(self) -> int:
+        """Packets a playing buffer holds before it drops the oldest: twice the target depth.
+
+        At least ``target_depth + OVERFLOW_MARGIN``. The buffer rides out a burst as long as its
+        delay, so the latency a burst adds stays bounded at twice the chosen delay.
+        """
+        return self._limit
+
     def reset(self) -> int:
         """Drop everything held and forget the timeline and the learnt depth; return the drops.
 
         For a caller that knows the stream restarted (the SSRC was reassigned, the connection
         moved); the counters keep counting, and the dropped packets count as ``flushed``.
         """
-        dropped = len(self._packets)
+        dropped = len(self._packets) + len(self._drain)
         self.stats["flushed"] += dropped
         self._packets.clear()
-        self._target = self._depth
+        self._drain.clear()
+        self._set_target(self._depth)
         self._pops_calm = 0
         self._forget()
         return dropped
@@ -374,13 +433,15 @@ class PlayoutBuffer:
                 if (
                     state == _FILLING
                     and slot >= self._floor
-                    and self._newest - slot < min(window, self._target + OVERFLOW_MARGIN)
+                    and self._newest - slot < min(window, self._limit)
                 ):
                     # A reordered first packet: the talkspurt starts earlier than we thought.
                     self._expected_slot = slot
                     self._expected_ts = (self._expected_ts + offset * _FRAME) & _TS_MASK
                     self._packets[slot] = _slot(_PACKET, self._expected_ts, opus, sequence)
                     stats["accepted"] += 1
+                    if self._drain:
+                        self._shed()
                     return True
                 self._reject_late(slot)
                 return False
@@ -389,26 +450,21 @@ class PlayoutBuffer:
             return False
         else:
             # The sequence number is far from the newest one (a long loss, or the sender
-            # restarted its counter): only the timestamp can tell.
-            if offset >= window or (offset < 0 and newer > 0):
+            # restarted its counter): it cannot say how far the timestamp should have moved,
+            # only which way. Beyond the window, the timeline went forward; newer, yet not past
+            # the newest packet (behind the slot due, or back among the slots buffered, where
+            # it would take a hole or lose its slot to the old timeline's packet), it went back.
+            if offset >= window or (newer > 0 and (offset < 0 or slot <= self._ref_slot)):
                 self._resync(sequence, timestamp, opus, slot)
                 return True
             if offset < 0:
                 self._reject_late(slot)
                 return False
-            newer = 1  # it becomes the newest: the baseline for the packets that follow
+            if slot > self._ref_slot:
+                newer = 1  # it becomes the newest: the baseline for the packets that follow
+            # Else older in both counters, but not too late to play: kept if its slot is free.
         packets = self._packets
-        held = packets.get(slot)
-        if held is not None:
-            if newer > 0 and held.sequence != sequence:
-                # A newer packet for a slot that holds another: two timelines overlap, so the
-                # timeline went back. The test above cannot see it when the sequence number is
-                # too far to judge (a counter that leapt, its timestamps back within the slots
-                # buffered), or when such a packet, landing in a hole, moved the baseline back.
-                # The newer timeline wins, as above; keeping the old packet instead would drop
-                # this one as a duplicate although it is not one.
-                self._resync(sequence, timestamp, opus, slot)
-                return True
+        if slot in packets:
             stats["duplicate"] += 1
             return False
         packets[slot] = _slot(
@@ -420,8 +476,11 @@ class PlayoutBuffer:
             self._ref_slot = slot
         if slot > self._newest:
             self._newest = slot
-        if state == _PLAYING and len(packets) > self._target + OVERFLOW_MARGIN:
-            self._trim()
+        if state == _PLAYING:
+            if len(packets) > self._limit:
+                self._trim()
+        elif self._drain:
+            self._shed()
         return True
 
     def _push_idle(self, sequence: int, timestamp: int, opus: bytes) -> bool:
@@ -450,6 +509,7 @@ class PlayoutBuffer:
         self._state = _FILLING
         self._started = True
         self._waited = 0
+        self._seam = False
         self._concealed = 0
         self._silent = False
         self._expected_slot = slot
@@ -462,13 +522,40 @@ class PlayoutBuffer:
         self.stats["accepted"] += 1
 
     def _resync(self, sequence: int, timestamp: int, opus: bytes, slot: int) -> None:
-        stats = self.stats
-        stats["resync"] += 1
-        stats["flushed"] += len(self._packets)
-        self._packets.clear()
+        """Fill again from this packet; what the old timeline holds is played first.
+
+        The held packets join the drain in slot order, each with the count of empty slots
+        before it, which the drain skips (counted as ``skipped``) rather than conceals.
+        """
+        self.stats["resync"] += 1
+        packets = self._packets
+        if packets:
+            drain = self._drain
+            cursor = self._expected_slot
+            for index in sorted(packets):
+                drain.append((index - cursor, packets[index]))
+                cursor = index + 1
+            packets.clear()
         self._last_packet_slot = None
         self._clear_underrun()
         self._start(sequence, timestamp, opus, slot, floor=slot - self._max_slots + 1)
+        if self._drain:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Drop the oldest drained packets until at most ``max_slots`` are held in all.
+
+        Counted as ``overflow``, with the slots skipped up to each, as :meth:`_trim` does; the
+        next packet's holes count from the dropped one on, so they need no change.
+        """
+        drain = self._drain
+        stats = self.stats
+        excess = len(self._packets) + len(drain) - self._max_slots
+        while excess > 0 and drain:
+            holes, _ = drain.popleft()
+            stats["overflow"] += 1
+            stats["skipped"] += holes + 1
+            excess -= 1
 
     def _reject_late(self, slot: int) -> None:
         stats = self.stats
@@ -480,16 +567,16 @@ class PlayoutBuffer:
                 self._spiked = True
                 stats["spike"] += 1
             if self._target < self._max_depth:
-                self._target += 1
+                self._set_target(self._target + 1)
 
     def _trim(self) -> None:
-        """Drop the oldest packets until at most ``target_depth + OVERFLOW_MARGIN`` are held.
+        """Drop the oldest packets until at most ``overflow_limit`` are held.
 
         Packets held, not the span from the slot due to the newest packet: a packet that
         arrived early, ahead of others, is not latency, and must not cost the one due next.
         The slots up to each dropped packet are skipped with it.
         """
-        limit = self._target + OVERFLOW_MARGIN
+        limit = self._limit
         packets = self._packets
         stats = self.stats
         while len(packets) > limit:
@@ -509,15 +596,18 @@ class PlayoutBuffer:
         if self._pops_calm >= DECAY_POPS:
             self._pops_calm = 0
             if self._target > self._depth:
-                self._target -= 1
+                self._set_target(self._target - 1)
         state = self._state
         if state != _PLAYING:
             if state == _IDLE:
                 return None
             self._waited += 1
-            if self._waited < self._target and not self._filled():
+            if self._drain:
+                return self._pop_drain()
+            if self._waited < self._target and not self._seam and not self._filled():
                 return None
             self._state = _PLAYING
+            self._seam = False
             self._trim()
         index = self._expected_slot
         ts = self._expected_ts
@@ -563,6 +653,21 @@ class PlayoutBuffer:
                     out = _slot(_PLC_KIND, ts, b"", None)
         self._expected_slot = index + 1
         self._expected_ts = (ts + _FRAME) & _TS_MASK
+        return out
+
+    def _pop_drain(self) -> Slot:
+        """The next packet of an abandoned timeline, played while the current one fills."""
+        drain = self._drain
+        holes, out = drain.popleft()
+        stats = self.stats
+        stats["played"] += 1
+        if holes:
+            stats["skipped"] += holes
+        if not drain:
+            # Whether the new timeline is due to start at the next pop: then the buffer says
+            # it is still playing, and that pop starts it whatever arrives before (a reordered
+            # first packet may open a hole, concealed as any other).
+            self._seam = self._waited + 1 >= self._target or self._filled()
         return out
 
     def _filled(self) -> bool:

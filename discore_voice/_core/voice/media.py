@@ -78,16 +78,23 @@ class MediaCrypto:
             self.stats["encrypted"] += 1
         return encrypted
 
-    def decrypt_from(self, user_id: Snowflake, frame: bytes) -> bytes | None:
-        """The Opus frame ``user_id`` sent, or None for a frame that cannot be trusted."""
+    def decrypt_from(
+        self, user_id: Snowflake, frame: bytes, *, retry: bool = False
+    ) -> bytes | None:
+        """The Opus frame ``user_id`` sent, or None for a frame that cannot be trusted.
+
+        A ``retry`` of a frame that failed before is not counted again when it fails: the
+        failure tolerance counts frames, not attempts.
+        """
         client = self._client
         if client is None:
             self.stats["passed_through"] += 1
             return frame
         opened = client.decrypt_opus(user_id, frame)
         if opened is None:
-            self.stats["decrypt_failed"] += 1
-            self._consecutive_failures += 1
+            if not retry:
+                self.stats["decrypt_failed"] += 1
+                self._consecutive_failures += 1
             return None
         self._consecutive_failures = 0
         if opened == frame:

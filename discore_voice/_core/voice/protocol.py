@@ -437,6 +437,7 @@ class VoiceProtocol:
             if isinstance(reply, ClientBinaryMessage):
                 out.append(SendBinary(generation, encode_client_binary(reply)))
             elif isinstance(reply, DaveStateChanged):
+                self._receive.dave_changed()
                 out.append(
                     Log(
                         logging.INFO,

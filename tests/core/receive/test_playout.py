@@ -12,10 +12,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from discore_voice._core.receive.playout import (
+    _PLAYING,
     DECAY_POPS,
     OVERFLOW_MARGIN,
     PlayoutBuffer,
@@ -309,6 +310,22 @@ def _resumed_within(out: list[Slot | None], after: list[Packet], pops: int) -> N
     assert _played(out[played_at:]) == [p[2] for p in after]
 
 
+def _seamless(run: Run, sent: Sequence[Packet]) -> None:
+    """Every packet sent came out once, in order, with its own timestamp, and nothing else.
+
+    Nothing else until the last one, that is: the stream's end is concealed as usual after it.
+    """
+    at = [i for i, s in enumerate(run.out) if s is not None and s.kind is SlotKind.PACKET]
+    # No pop came out empty or concealed in between: the jump is not even a pause.
+    assert at == list(range(at[0], at[0] + len(sent)))
+    slots = [run.out[i] for i in at]
+    assert [(s.kind, s.sequence, s.timestamp, s.opus) for s in slots if s is not None] == [
+        (SlotKind.PACKET, seq, ts, opus) for seq, ts, opus in sent
+    ]
+    s = run.buffer.stats
+    assert s["played"] == len(sent) and s["flushed"] == s["overflow"] == s["skipped"] == 0
+
+
 @pytest.mark.parametrize(
     ("start", "jump"),
     [
@@ -325,14 +342,17 @@ def _resumed_within(out: list[Slot | None], after: list[Packet], pops: int) -> N
         (TS_MOD - 10 * FRAME, -403_200),  # the stream wraps, then the jump unwraps it
     ],
 )
-def test_a_timestamp_jump_resumes_within_depth_plus_one(start: int, jump: int) -> None:
+def test_a_timestamp_jump_loses_nothing_and_adds_no_pause(start: int, jump: int) -> None:
     before = _stream(20, seq=65_520, ts=start)
     last_seq, last_ts, _ = before[-1]
     after = _stream(30, seq=last_seq + 1, ts=(last_ts + FRAME + jump) % TS_MOD, first=100)
     run, out = _jump_run(before, after)
-    _resumed_within(out, after, 5 + 1)
+    # The 4 packets buffered before the jump are played while the new timeline fills, so the
+    # first packet after it comes out when it would have had the buffer been empty.
+    _resumed_within(out, after, 5)
+    assert _played(out[:4]) == [p[2] for p in before[-4:]]
     assert run.buffer.stats["resync"] == 1
-    assert run.buffer.stats["flushed"] == 4  # what was buffered before the jump
+    _seamless(run, before + after)
 
 
 @settings(max_examples=300, deadline=None)
@@ -350,6 +370,11 @@ def test_a_timestamp_jump_resumes_within_depth_plus_one(start: int, jump: int) -
     # behind the newest number is another story (below).
     st.one_of(st.just(1), st.integers(100, SEQ_MOD // 2 - 1)),
 )
+# Back one frame (two, three) while the number leaps: the packets land on slots that still hold
+# the old timeline's, and were once dropped as duplicates in favour of those.
+@example(depth=2, seq=0, ts=0, jump=-FRAME, seq_step=100)
+@example(depth=5, seq=SEQ_MOD - 30, ts=TS_MOD - 10 * FRAME, jump=-3 * FRAME + 200, seq_step=1000)
+@example(depth=8, seq=7, ts=123_456, jump=-FRAME, seq_step=SEQ_MOD // 2 - 1)
 def test_audio_resumes_after_any_jump(
     depth: int, seq: int, ts: int, jump: int, seq_step: int
 ) -> None:
@@ -360,23 +385,52 @@ def test_audio_resumes_after_any_jump(
     )
     run, out = _jump_run(before, after, depth)
     s = run.buffer.stats
-    if seq_step == 1 and not 0 <= round(jump / FRAME) < 64:
+    if not 0 <= round(jump / FRAME) < 64:
+        # Back, however little and however far the number leapt, or beyond the window.
         assert s["resync"] == 1
     if s["resync"]:
-        # Refilled from the first packet after the jump, whatever was buffered is dropped.
-        played_at = out.index(next(x for x in out if x is not None))
-        assert played_at < depth + 1
-        assert _played(out) == [p[2] for p in after]
+        # What was buffered plays while the new timeline fills, then the new timeline: every
+        # packet, in order, without a pause.
+        _seamless(run, before + after)
     else:
-        # A forward jump within the window reads as a pause in the sender's timeline: it is
-        # concealed slot by slot, and the overflow limit cuts the latency that added, at the
-        # cost of a few packets (counted) if the pause was longer than the buffer's margin.
+        # Only a forward jump within the window is not one: it reads as a pause in the sender's
+        # timeline, concealed slot by slot, and the overflow limit cuts the latency that added,
+        # at the cost of a few packets (counted) if the pause was longer than the buffer's margin
+        # (as long as the delay itself).
+        limit = run.buffer.overflow_limit
+        assert limit == max(2 * depth, depth + OVERFLOW_MARGIN)
+        out += run.ticks(limit)  # the latency the pause added, up to the limit, plays out too
         sent = [p[2] for p in after]
         played = [opus for opus in _played(out) if opus in sent]
         assert played == sent[len(sent) - len(played) :]
         assert len(sent) - len(played) <= s["overflow"]
         played_at = next(i for i, x in enumerate(out) if x is not None and x.opus == played[0])
-        assert played_at < depth + OVERFLOW_MARGIN + 1
+        assert played_at < limit + 1
+
+
+@pytest.mark.parametrize("seq_step", [100, 30_000])
+@pytest.mark.parametrize(("lost", "back"), [((), 1), ((), 3), ((18,), 2), ((17, 18), 3)])
+def test_a_jump_back_into_the_buffered_slots_resyncs_however_far_the_number_leaps(
+    seq_step: int, lost: tuple[int, ...], back: int
+) -> None:
+    # The number too far ahead to say how far the timestamp should have moved, the timestamp
+    # back onto a slot buffered (or a hole among them): the timeline went back all the same.
+    # Taken for a duplicate of the packet held there, or (in a hole) for the newest packet,
+    # it or the next one was dropped and the old timeline's packet played in its place.
+    before = _stream(20)
+    after = _stream(30, seq=1019 + seq_step, ts=50_000 + (20 - back) * FRAME, first=100)
+    run = Run()
+    run.feed(before, lost=lost)  # 0-15 played, 16-19 buffered but for those lost
+    out = run.feed(after) + run.ticks(6)
+    s = run.buffer.stats
+    assert s["resync"] == 1 and s["flushed"] == 0
+    assert s["duplicate"] == s["late"] == s["stale"] == s["overflow"] == 0
+    _resumed_within(out, after, 5)
+    # The old timeline's packets played first, its holes skipped (not concealed) and counted.
+    kept = [p for i, p in enumerate(before) if i not in lost]
+    assert _played(run.out) == [p[2] for p in kept + after]
+    assert s["played"] == len(kept) + len(after) and s["skipped"] == len(lost)
+    assert s["lost"] == s["fec"] == 0  # (the 2 PLC slots are the end's underrun)
 
 
 @pytest.mark.parametrize("seq_step", [-10, -100, -30_000])
@@ -412,6 +466,98 @@ def test_a_straggler_from_before_a_jump_back_does_not_drag_the_buffer_back() -> 
     s = run.buffer.stats
     assert s["resync"] == 1 and s["stale"] == 1
     assert _played(out)[-20:] == [p[2] for p in after]
+    # The 4 old packets buffered at the jump were played all the same; only the straggler,
+    # which joins no timeline, is lost.
+    assert _played(run.out) == [p[2] for p in before[:-1] + after]
+    assert s["flushed"] == s["overflow"] == 0
+
+
+def test_a_jump_while_filling_plays_the_packets_of_the_fill_first() -> None:
+    old = _stream(3)
+    new = _stream(10, seq=1003, ts=50_000 - 1000 * FRAME, first=100)
+    run = Run()
+    run.feed(old)  # filling, nothing played yet
+    out = run.feed(new) + run.ticks(5)
+    assert run.buffer.stats["resync"] == 1
+    # The old packets come out at once (they have waited their turn), then the new timeline
+    # after its own fill, as early as without them.
+    assert _kinds(out[:7]) == ["packet"] * 3 + ["-"] + ["packet"] * 3
+    assert _played(run.out) == [p[2] for p in old + new]
+    assert out[4] is not None and out[4].opus == new[0][2]
+    assert run.buffer.stats["flushed"] == 0
+
+
+def test_a_jump_during_a_drain_queues_that_timeline_too() -> None:
+    a = _stream(20)
+    b = _stream(2, seq=1020, ts=50_000 - 1000 * FRAME, first=100)  # back 20 s...
+    c = _stream(20, seq=1022, ts=50_000 + 100_000 * FRAME, first=200)  # ...then 33 min ahead
+    run = Run()
+    run.feed(a)  # 16-19 buffered
+    run.feed(b)  # a resync: 16 and 17 played, 18 and 19 left to drain; b filling
+    assert run.buffer.draining == 2 and run.buffer.is_playing
+    run.feed(c)  # another: b joins the drain behind a
+    run.ticks(6)
+    assert run.buffer.stats["resync"] == 2
+    _seamless(run, a + b + c)
+
+
+def test_the_drain_counts_in_the_memory_bound() -> None:
+    a = _stream(14)
+    b = _stream(5, seq=1014, ts=50_000 - 1000 * FRAME, first=100)
+    run = Run(PlayoutBuffer(3, max_slots=9))
+    run.feed(a[:10])  # 8 and 9 buffered
+    run.push(a[10:])  # a burst: 6 held, the overflow limit
+    assert run.buffer.buffered == run.buffer.overflow_limit == 6
+    run.push(b)  # 6 old and 5 new would be 11: the 2 oldest old ones go (Run checks the bound)
+    s = run.buffer.stats
+    assert s["resync"] == 1 and s["overflow"] == s["skipped"] == 2 and s["flushed"] == 0
+    assert run.buffer.draining == 4 and run.buffer.buffered == 9
+    run.ticks(4 + 5 + 3)
+    assert _played(run.out) == [p[2] for p in a[:8] + a[10:] + b]
+    assert run.buffer.buffered == 0
+
+
+def test_a_drain_longer_than_the_fill_is_bounded_by_the_overflow_limit() -> None:
+    # 4 old packets (a burst held) and a fill of 2: the new timeline waits 2 pops more, and
+    # starts with 5 held, one more than the limit: the latency the drain added is cut.
+    a = _stream(13)
+    b = _stream(20, seq=1013, ts=50_000 - 1000 * FRAME, first=100)
+    run = Run(PlayoutBuffer(2))
+    run.feed(a[:10])
+    run.push(a[10:])
+    out = run.feed(b) + run.ticks(5)
+    s = run.buffer.stats
+    assert s["resync"] == 1 and s["overflow"] == s["skipped"] == 1 and s["flushed"] == 0
+    assert _kinds(out[:20]) == ["packet"] * 20
+    assert _played(run.out) == [p[2] for p in a + b[1:]]
+
+
+def test_the_seam_after_a_drain_keeps_its_promise_when_a_reordered_packet_opens_a_hole() -> None:
+    a = _stream(20)
+    b = _stream(20, seq=1020, ts=50_000 - 1000 * FRAME, first=100)
+    run = Run()
+    run.feed(a, lost={18, 19})  # 16 and 17 buffered
+    run.push(b[2:7])  # a resync, and the new timeline full at once: b0 and b1 come later
+    out = [run.tick(), run.tick()]  # the drain; then the fill is full, so the seam is no pause
+    assert run.buffer.is_playing and not run.buffer.draining
+    out.append(run.tick(b[:1]))  # b0 moves the start back: b1 is now a hole in the fill
+    assert run.buffer.is_playing
+    out += run.feed(b[7:]) + run.ticks(10)
+    assert _kinds(out[:5]) == ["packet", "packet", "packet", "fec", "packet"]
+    assert _played(out) == [p[2] for p in a[16:18] + b[:1] + b[2:]]
+    assert run.buffer.stats["late"] == 0  # b0 was in time (b1 never came)
+
+
+def test_reset_during_a_drain_flushes_it_too() -> None:
+    run = Run()
+    run.feed(_stream(20))
+    run.push(_stream(1, seq=1020, ts=50_000 - 1000 * FRAME, first=100))
+    assert run.buffer.draining == 4 and run.buffer.buffered == 5
+    assert run.buffer.reset() == 5
+    s = run.buffer.stats
+    assert s["flushed"] == 5 and run.buffer.buffered == run.buffer.draining == 0
+    assert run.buffer.is_idle and not run.buffer.is_playing and run.buffer.pop() is None
+    _check(run.buffer, run.pushes)
 
 
 def test_a_very_late_packet_from_before_a_pause_does_not_resync() -> None:
@@ -459,15 +605,49 @@ def test_the_target_depth_is_capped_and_takes_effect_at_the_next_fill() -> None:
     assert out[:3] == [None] * 3 and out[3] is not None
 
 
-def test_a_burst_is_cut_to_the_target_plus_two_frames() -> None:
+@pytest.mark.parametrize(("depth", "limit"), [(1, 3), (2, 4), (3, 6), (5, 10), (9, 18)])
+def test_the_overflow_limit_is_twice_the_depth_and_at_least_two_frames_more(
+    depth: int, limit: int
+) -> None:
+    b = PlayoutBuffer(depth, max_slots=64)
+    assert b.overflow_limit == limit
+    b._set_target(depth + 1)  # as a delay spike does: the limit follows at once
+    assert b.overflow_limit == max(2 * (depth + 1), depth + 1 + OVERFLOW_MARGIN)
+
+
+@pytest.mark.parametrize("more", [0, 1])
+@pytest.mark.parametrize("depth", [1, 2, 5, 8])
+def test_a_burst_as_long_as_the_delay_is_kept_whole(depth: int, more: int) -> None:
+    # A sender whose clock stalled sends what it owes at once (discord.py does): not loss, so
+    # the buffer holds a burst as long as its delay (at depth 5, 5 frames ahead, where the old
+    # limit of depth + 2 dropped 3); one frame more and the oldest is dropped.
+    packets = _stream(80)
+    run = Run(PlayoutBuffer(depth))
+    run.feed(packets[:20])  # depth - 1 buffered after each pop
+    limit = run.buffer.overflow_limit
+    early = limit - depth + more  # beyond the one due this tick
+    run.tick(packets[20 : 21 + early])
+    assert run.buffer.stats["overflow"] == more
+    # The rest arrives on time: the latency the burst added stays, bounded by the limit.
+    run.feed(packets[21 + early :])
+    assert run.buffer.buffered == limit - 1
+    out = run.ticks(limit + 5)
+    dropped = {packets[21 - depth][2]} if more else set()
+    assert _played(run.out) == [p[2] for p in packets if p[2] not in dropped]
+    assert _kinds(out[: limit - 1]) == ["packet"] * (limit - 1)
+    s = run.buffer.stats
+    assert s["overflow"] == s["skipped"] == more and s["lost"] == s["fec"] == 0
+
+
+def test_a_burst_is_cut_to_twice_the_target() -> None:
     packets = _stream(60)
     run = Run()
     run.feed(packets[:10])
     for packet in packets[10:30]:  # 20 frames at once: a queue somewhere let go
         run.push([packet])
-        assert run.buffer.buffered <= run.buffer.target_depth + OVERFLOW_MARGIN
+        assert run.buffer.buffered <= 2 * run.buffer.target_depth == 10
     s = run.buffer.stats
-    assert s["overflow"] == 4 + 20 - 7 and s["skipped"] == s["overflow"]
+    assert s["overflow"] == 4 + 20 - 10 and s["skipped"] == s["overflow"]
     run.feed(packets[30:])
     run.ticks(10)
     slots = [x for x in run.out if x is not None and x.kind is SlotKind.PACKET]
@@ -602,16 +782,36 @@ def test_any_schedule_keeps_order_bounds_and_conservation(
     sent_at = {p[2]: p[1] for batch in arrivals.values() for p in batch}
     previous: Slot | None = None
     skipped = resyncs = 0
-    drain = buffer._max_slots + buffer._max_concealed + 3 * buffer._max_depth + 5
+    # A timeline's pops follow each other one frame apart, but for the seams: a resync, and the
+    # end of a drain (the old timeline's packets played during the fill), which is a seam of its
+    # own, and more when a drain holds several timelines (a jump during a drain): no checks then.
+    was_draining = several = False
+    # The old timelines' packets, then the newest timeline's whole window and its concealment.
+    drain = 2 * buffer._max_slots + buffer._max_concealed + 3 * buffer._max_depth + 5
     for t in range(last_tick + 1 + drain):
         batch = arrivals.get(t, [])
+        draining, resyncs_before = buffer.draining, buffer.stats["resync"]
         run.push(batch)
+        jumps = buffer.stats["resync"] - resyncs_before
+        several = several or jumps > 1 or (jumps > 0 and draining > 0)
         for packet, kept in zip(batch, run.kept[len(run.kept) - len(batch) :], strict=True):
             if kept and packet[2] != OPUS_SILENCE_FRAME:
                 accepted[packet[2]] += 1
+        draining = buffer.draining
+        assert buffer.is_playing or not draining
+        # Playing while filling (a drain, or its seam) is a promise that this pop hands out.
+        promised = buffer.is_playing and buffer._state != _PLAYING
         slot = buffer.pop()
         _check(buffer, run.pushes)
         s = buffer.stats
+        if draining:
+            assert slot is not None and slot.kind is SlotKind.PACKET
+        if promised:
+            assert slot is not None
+        seam = (was_draining and not draining) or several
+        was_draining = draining > 0
+        if not draining:
+            several = False
         if slot is not None:
             if slot.kind is SlotKind.PACKET:
                 if slot.opus != OPUS_SILENCE_FRAME:
@@ -623,7 +823,7 @@ def test_any_schedule_keeps_order_bounds_and_conservation(
             else:
                 assert slot.sequence is None
                 assert (slot.opus == b"") == (slot.kind is SlotKind.PLC)
-            if previous is not None and s["resync"] == resyncs:
+            if previous is not None and s["resync"] == resyncs and not seam:
                 # Within a talkspurt: one frame further on, plus any frames cut by overflow.
                 step = (slot.timestamp - previous.timestamp) % TS_MOD
                 assert step == FRAME * (1 + s["skipped"] - skipped)
