@@ -43,7 +43,7 @@ from .._errors import (
     UsageError,
     shorten,
 )
-from .rtp import RtpHeader, pack_opus_header
+from .rtp import RTP_HEADER_SIZE, RTP_VERSION, RtpHeader, pack_opus_header
 
 __all__ = [
     "AES256_GCM_RTPSIZE",
@@ -81,6 +81,8 @@ _U32 = struct.Struct(">I")
 _AES_NONCE_PADDING = bytes(12 - NONCE_SIZE)
 _XCHACHA_NONCE_PADDING = bytes(24 - NONCE_SIZE)
 _MIN_SEALED_SIZE = TAG_SIZE + NONCE_SIZE
+#: The fixed header's fields the receive path needs: first byte, sequence, timestamp, SSRC.
+_MEDIA_FIXED = struct.Struct(">BxHII")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,52 @@ class TransportCipher(abc.ABC):
             _U32.unpack(nonce)[0],
             plaintext[:body_size],
         )
+
+    def open_media(self, packet: bytes) -> tuple[int, int, int, bytes]:
+        """``(sequence, timestamp, ssrc, payload)`` of one packet: :meth:`decrypt`'s hot path.
+
+        The same checks and errors as :meth:`decrypt`, without building a header or a packet
+        object: the receive pipeline opens every datagram of every member (5000 a second with
+        100 speakers), and those objects cost more than the AEAD itself.
+        """
+        size = len(packet)
+        if size < RTP_HEADER_SIZE:
+            return self._parse_error(packet)
+        first, sequence, timestamp, ssrc = _MEDIA_FIXED.unpack_from(packet)
+        header_size = RTP_HEADER_SIZE + 4 * (first & 0x0F)
+        body_size = 0
+        if first & 0x10:
+            if header_size + 4 > size or first >> 6 != RTP_VERSION:
+                return self._parse_error(packet)
+            body_size = 4 * int.from_bytes(packet[header_size + 2 : header_size + 4], "big")
+            header_size += 4
+        if first >> 6 != RTP_VERSION or header_size + body_size > size:
+            return self._parse_error(packet)
+        if size < header_size + _MIN_SEALED_SIZE:
+            raise DecryptionFailed(
+                f"{self.mode} packet is {size} bytes, too short for its {header_size}-byte "
+                f"header, a {TAG_SIZE}-byte tag and a {NONCE_SIZE}-byte nonce"
+            )
+        plaintext = self._open(packet[-NONCE_SIZE:], packet[:header_size], packet[header_size:-4])
+        end = len(plaintext)
+        if body_size > end:
+            raise ProtocolError(
+                f"RTP extension body of {body_size} bytes is longer than the "
+                f"{end}-byte decrypted payload"
+            )
+        if first & 0x20:
+            padding = plaintext[-1] if end > body_size else 0
+            if padding == 0 or padding > end - body_size:
+                raise ProtocolError(
+                    f"RTP padding count {padding} does not fit a {end - body_size}-byte payload"
+                )
+            end -= padding
+        return sequence, timestamp, ssrc, plaintext[body_size:end]
+
+    @staticmethod
+    def _parse_error(packet: bytes) -> NoReturn:
+        RtpHeader.parse(packet)  # raises the header's own ProtocolError
+        raise ProtocolError("malformed RTP header")  # pragma: no cover - parse raised
 
     @abc.abstractmethod
     def _seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:

@@ -561,3 +561,60 @@ def test_huge_mode_names_are_capped_in_the_error() -> None:
     with pytest.raises(NoCompatibleEncryptionMode) as excinfo:
         choose_mode(["m" * 500_000, *("n" * 1000 for _ in range(50))])
     assert len(str(excinfo.value)) < 1100
+
+
+# --- the receive path's fast open ---------------------------------------------------------------
+
+
+def _outcome(call: object) -> object:
+    try:
+        return call()  # type: ignore[operator]
+    except ProtocolError as exc:
+        return type(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mode=st.sampled_from(list(SUPPORTED_MODES)),
+    csrcs=st.lists(st.integers(0, 2**32 - 1), max_size=3),
+    extension_words=st.integers(0, 4) | st.none(),
+    padding=st.integers(0, 20),
+    payload=st.binary(max_size=64),
+    cut=st.integers(0, 40) | st.none(),
+    flip=st.integers(0, 200) | st.none(),
+)
+def test_open_media_is_decrypt_without_the_objects(
+    mode: str,
+    csrcs: list[int],
+    extension_words: int | None,
+    padding: int,
+    payload: bytes,
+    cut: int | None,
+    flip: int | None,
+) -> None:
+    """Same answer, same error class, for well-formed, truncated and tampered packets alike."""
+    sender = create_cipher(mode, KEY, ledger=NonceLedger())
+    header = RtpHeader(
+        sequence=7,
+        timestamp=960,
+        ssrc=42,
+        csrcs=tuple(csrcs),
+        padding=padding > 0,
+        extension_profile=None if extension_words is None else 0xBEDE,
+        extension_length=extension_words or 0,
+    )
+    tail = bytes(padding - 1) + bytes([padding]) if padding else b""
+    body = bytes(4 * (extension_words or 0))
+    packet = bytearray(sender.encrypt(header, payload + tail, extension_body=body))
+    if flip is not None and flip < len(packet):
+        packet[flip] ^= 0x01
+    if cut is not None:
+        del packet[len(packet) - cut :]
+    data = bytes(packet)
+    receiver = create_cipher(mode, KEY, ledger=NonceLedger())
+
+    def slow() -> tuple[int, int, int, bytes]:
+        opened = receiver.decrypt(data)
+        return (opened.header.sequence, opened.header.timestamp, opened.header.ssrc, opened.payload)
+
+    assert _outcome(lambda: receiver.open_media(data)) == _outcome(slow)

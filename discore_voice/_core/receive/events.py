@@ -6,8 +6,8 @@ decides what each 20 ms slot holds, and the shell only decodes it and fills in `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TypeAlias
+from dataclasses import dataclass
+from typing import NamedTuple, TypeAlias
 
 from ..snowflake import Snowflake
 
@@ -19,9 +19,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedAudio:
+class ReceivedAudio(NamedTuple):
     """20 ms of one member's audio, as the playout buffer released it.
+
+    A named tuple, not a frozen dataclass: one is made per member per 20 ms (5000 a second
+    with 100 speakers), and a tuple is built four times faster.
 
     ``tick`` counts 20 ms since receiving started, the same clock for every member, so frames
     of different members with the same tick were heard together. ``opus`` is the packet as the
@@ -38,8 +40,16 @@ class ReceivedAudio:
     timestamp: int
     sequence: int | None
     concealed: bool
-    opus: bytes = field(repr=False)
-    pcm: bytes | None = field(default=None, repr=False)
+    opus: bytes
+    pcm: bytes | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ReceivedAudio(user_id={self.user_id}, ssrc={self.ssrc}, tick={self.tick}, "
+            f"timestamp={self.timestamp}, sequence={self.sequence}, "
+            f"concealed={self.concealed}, opus={len(self.opus)} bytes, "
+            f"pcm={'None' if self.pcm is None else f'{len(self.pcm)} bytes'})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

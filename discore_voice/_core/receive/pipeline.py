@@ -208,41 +208,37 @@ class ReceivePipeline:
 
     def datagram(self, cipher: TransportCipher, data: bytes, now: float) -> bool:
         """One datagram from the voice server; True if it was new media that authenticated."""
-        if is_rtcp(data):
+        # RTCP's packet types 200-204 (RFC 5761): ``is_rtcp`` inlined, for every datagram.
+        if len(data) >= 2 and 200 <= data[1] <= 204 and data[0] >> 6 == 2 and is_rtcp(data):
             self.dropped["transport.rtcp"] += 1
             return False
         try:
-            packet = cipher.decrypt(data)
+            sequence, timestamp, ssrc, payload = cipher.open_media(data)
         except DecryptionFailed:
             self.dropped["transport.undecryptable"] += 1
             return False
         except ProtocolError:
             self.dropped["transport.malformed"] += 1
             return False
-        header = packet.header
-        ssrc = header.ssrc
-        verdict = self._replays.check(ssrc, header.sequence)
+        verdict = self._replays.check(ssrc, sequence)
         if verdict is not Verdict.NEW:
             self.dropped["replay." + verdict.value] += 1  # duplicate or stale
             return False
         self.received += 1
         if self._depth is None:
             return True
-        payload = packet.payload
         if not payload:
             self.dropped["transport.empty"] += 1  # all padding: nothing to play
             return True
         user_id = self._ssrcs.user(ssrc)
         if user_id is None:
-            reason = self._ssrcs.hold(
-                ssrc, HeldPacket(header.sequence, header.timestamp, payload, now)
-            )
+            reason = self._ssrcs.hold(ssrc, HeldPacket(sequence, timestamp, payload, now))
             if reason is None:
                 self.counts["ssrc.held"] += 1
             else:
                 self.dropped["ssrc." + reason] += 1
             return True
-        self._open(ssrc, user_id, header.sequence, header.timestamp, payload, now)
+        self._open(ssrc, user_id, sequence, timestamp, payload, now)
         return True
 
     def _open(

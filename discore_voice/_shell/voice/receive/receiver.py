@@ -51,6 +51,7 @@ __all__ = ["DEFAULT_DEPTH", "DEFAULT_STREAM_SIZE", "MixedAudio", "VoiceReceiver"
 TICK_SECONDS: Final = 0.02
 #: Frames a stream buffers for a reader that falls behind: five seconds.
 DEFAULT_STREAM_SIZE: Final = 250
+DEFAULT_ALL_STREAM_SIZE: Final = 1000
 _SILENT_PCM: Final = bytes(PCM_BLOCK_SIZE)
 
 _logger = logging.getLogger("discore_voice.receive")
@@ -194,8 +195,11 @@ class VoiceReceiver:
         user = validate_snowflake(user_id, name="user_id")
         return self._user_stream(user, end_after_silence, end_after_inactivity, buffer)
 
-    def all(self, *, buffer: int = DEFAULT_STREAM_SIZE) -> AudioStream[ReceivedAudio]:
-        """Every member's frames, interleaved tick by tick (ordered by user within a tick)."""
+    def all(self, *, buffer: int = DEFAULT_ALL_STREAM_SIZE) -> AudioStream[ReceivedAudio]:
+        """Every member's frames, interleaved tick by tick (ordered by user within a tick).
+
+        Its buffer holds frames of everyone: 1000 by default, a second of 20 speakers.
+        """
         return self._user_stream(None, None, None, buffer)
 
     def speaking(self, *, buffer: int = DEFAULT_STREAM_SIZE) -> AudioStream[ReceiveEvent]:

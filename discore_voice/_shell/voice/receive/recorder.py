@@ -105,6 +105,7 @@ class Recording:
 
     @property
     def stats(self) -> RecordingStats:
+        """Frames of audio, silence and concealed loss written to each file so far."""
         return RecordingStats(
             frames=dict(self._counts["frames"]),
             silence=dict(self._counts["silence"]),
