@@ -8,11 +8,14 @@ nothing but the standard library; both are started as scripts, which puts this f
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import resource
 import struct
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cpu_seconds", "read_packets", "rss_bytes", "sender_arguments"]
+__all__ = ["cpu_seconds", "machine", "read_packets", "rss_bytes", "sender_arguments"]
 
 
 def sender_arguments() -> argparse.ArgumentParser:
@@ -47,3 +50,22 @@ def read_packets(path: str) -> list[bytes]:
         packets.append(data[offset + 2 : offset + 2 + size])
         offset += 2 + size
     return packets
+
+
+def machine() -> dict[str, Any]:
+    """What a benchmark's JSON says about the machine it ran on (shared by every benchmark)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": os.getloadavg(),
+    }

@@ -51,7 +51,6 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -64,6 +63,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import trio
+from _sbs_process import machine  # benchmarks/, first on sys.path as a script
 
 from discore_voice import (
     AudioSource,
@@ -780,24 +780,6 @@ def print_sample(s: dict[str, Any], index: int) -> None:
         f" {100 * s['sim_cpu_share']:>6.0f}%",
         flush=True,
     )
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_avg_at_start": os.getloadavg(),
-    }
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import selectors
 import shutil
 import struct
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import plot_gaps  # benchmarks/, first on sys.path when this runs as a script
+from _sbs_process import machine  # benchmarks/, first on sys.path as a script
 
 from discore_voice._audio.opus import PCM_BLOCK_SIZE, OpusEncoder
 from discore_voice._audio.signals import sine_pcm
@@ -336,23 +336,6 @@ def format_row(row: dict[str, Any]) -> str:
         f" {row['receiver_udp_rcvbuf_errors']:>5}"
         f" {row['lost']:>5}"
     )
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def main() -> int:

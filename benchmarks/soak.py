@@ -84,7 +84,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -92,6 +91,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _sbs_process import machine
 from _soak_analysis import analyse, read_log
 from _soak_common import CONNECTION_FAULTS, SHARD_FAULTS
 
@@ -141,23 +141,6 @@ async def send(process: trio.Process, line: str) -> None:
         await process.stdin.send_all(line.encode() + b"\n")
     except BROKEN as exc:
         raise HarnessError(f"cannot write to a child process that ended ({line!r})") from exc
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 async def stop(process: trio.Process, seconds: float) -> int | None:
