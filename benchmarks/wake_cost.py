@@ -16,7 +16,7 @@ import time
 
 import trio
 
-from discore_voice._shell.voice.sending.timerfd import open_timer
+from discore_voice._shell.voice.timerfd import open_timer
 
 INTERVAL = 0.02
 

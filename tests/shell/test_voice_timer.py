@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from discore_voice._shell.voice.sending.timerfd import open_timer
+from discore_voice._shell.voice.timerfd import open_timer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
 
@@ -62,7 +62,7 @@ async def test_the_send_clock_falls_back_if_the_timer_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from discore_voice._shell.voice.sending import clock as voice_sender_clock
-    from discore_voice._shell.voice.sending.timerfd import PreciseTimer
+    from discore_voice._shell.voice.timerfd import PreciseTimer
 
     def failing_arm(self: PreciseTimer, deadline: float) -> None:
         raise OSError(22, "timerfd_settime: Invalid argument")

@@ -41,6 +41,7 @@ from ...._core.receive.playout import SlotKind
 from ...._core.snowflake import Snowflake, validate_snowflake
 from ...._core.speaking import OPUS_SILENCE_FRAME
 from ...._errors import DiscoreVoiceError, OpusError, UsageError
+from ..timerfd import open_timer
 from .stream import AudioStream, check_stream_size
 
 if TYPE_CHECKING:
@@ -262,6 +263,9 @@ class VoiceReceiver:
         pipeline = self._pipeline
         pipeline.start(self._depth)
         self._running = True
+        # A timerfd wake costs a fraction of trio's timeout (which raises and catches a
+        # Cancelled each time): measured, an idle receiver cost 0.024 CPU-s/s on sleep_until.
+        timer = open_timer()
         try:
             task_status.started()
             next_tick = trio.current_time()
@@ -273,7 +277,11 @@ class VoiceReceiver:
                     # now instead of ticking a second's worth at once.
                     self._counts["tick.skipped"] += round((now - next_tick) / TICK_SECONDS)
                     next_tick = now
-                await trio.sleep_until(next_tick)
+                if timer is None:
+                    await trio.sleep_until(next_tick)
+                else:
+                    timer.arm(next_tick)
+                    await timer.wait()
                 try:
                     self._deliver(pipeline.tick(trio.current_time()))
                 except Exception:
@@ -283,6 +291,8 @@ class VoiceReceiver:
                     if failures & (failures - 1) == 0:
                         _logger.exception("receiving failed (%d times so far)", failures)
         finally:
+            if timer is not None:
+                timer.close()
             self._running = False
             pipeline.stop()
             for decoder in self._decoders.values():

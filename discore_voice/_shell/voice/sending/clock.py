@@ -39,7 +39,7 @@ from typing import Final, Protocol
 import trio
 
 from ...._errors import DiscoreVoiceError
-from .timerfd import PreciseTimer, open_timer
+from ..timerfd import PreciseTimer, open_timer
 
 __all__ = ["BATCH_SLACK", "SendClock", "SenderCrashed", "send_clock"]
 

@@ -1,4 +1,4 @@
-"""A precise wake-up for the send clock: a Linux timerfd that trio waits on like a socket.
+"""A precise, cheap wake-up for the send clock and the receive tick: a Linux timerfd trio waits on.
 
 trio sleeps in ``epoll_wait``, whose timeout is in whole milliseconds, rounded up: a task asking
 to wake at ``t`` wakes anywhere in ``[t, t + 1 ms]`` plus the kernel's latency, a different amount
