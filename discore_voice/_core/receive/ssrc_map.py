@@ -25,6 +25,7 @@ __all__ = [
     "HOLD_SECONDS",
     "MAX_HELD_PER_SSRC",
     "MAX_HELD_SSRCS",
+    "MAX_NAMED_SSRCS",
     "PRUNE_AFTER_LEAVE",
     "HeldPacket",
     "SsrcMap",
@@ -38,6 +39,9 @@ MAX_HELD_PER_SSRC: Final = 64
 #: talking before any op 5 names them (16 was measured too few: 100 speakers lost 1650
 #: packets), and a flood of invented SSRCs still costs a bounded 64 * 64 packets (~1 MiB).
 MAX_HELD_SSRCS: Final = 64
+#: The most SSRCs named at once: a stage holds at most 10 000 people, and a voice server that
+#: names SSRCs without end must not grow this map without end; the least recently named go.
+MAX_NAMED_SSRCS: Final = 10_000
 #: How long a departed member's SSRC still maps to it (Songbird uses about the same).
 PRUNE_AFTER_LEAVE: Final = 1.0
 
@@ -58,7 +62,7 @@ class SsrcMap:
     __slots__ = ("_held", "_leaving", "_ssrc_of_user", "_user_of_ssrc")
 
     def __init__(self) -> None:
-        self._user_of_ssrc: dict[int, Snowflake] = {}
+        self._user_of_ssrc: OrderedDict[int, Snowflake] = OrderedDict()
         self._ssrc_of_user: dict[Snowflake, int] = {}
         self._leaving: dict[int, float] = {}  # ssrc -> when to prune it
         self._held: OrderedDict[int, list[HeldPacket]] = OrderedDict()
@@ -88,8 +92,9 @@ class SsrcMap:
     def name(self, ssrc: int, user_id: Snowflake) -> tuple[list[int], list[HeldPacket]]:
         """``ssrc`` is ``user_id``'s: the SSRCs this replaces, and the packets it releases.
 
-        The replaced SSRCs (the user's previous one after a reconnect, or this SSRC's previous
-        owner) are the caller's to prune; the released packets come in sequence order, oldest
+        The replaced SSRCs (the user's previous one after a reconnect, this SSRC's previous
+        owner, or the least recently named one beyond :data:`MAX_NAMED_SSRCS`) are the caller's
+        to prune; the released packets come in sequence order, oldest
         first, as DAVE wants them (it refuses a frame older than the first it opened).
         """
         replaced: list[int] = []
@@ -102,7 +107,12 @@ class SsrcMap:
             replaced.append(ssrc)
             self._ssrc_of_user.pop(previous_user, None)
         self._user_of_ssrc[ssrc] = user_id
+        self._user_of_ssrc.move_to_end(ssrc)
         self._ssrc_of_user[user_id] = ssrc
+        if len(self._user_of_ssrc) > MAX_NAMED_SSRCS:
+            oldest = next(iter(self._user_of_ssrc))
+            replaced.append(oldest)
+            self._forget(oldest)
         self._leaving.pop(ssrc, None)
         held = self._held.pop(ssrc, None)
         if not held:

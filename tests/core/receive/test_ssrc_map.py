@@ -6,6 +6,7 @@ from discore_voice._core.receive.ssrc_map import (
     HOLD_SECONDS,
     MAX_HELD_PER_SSRC,
     MAX_HELD_SSRCS,
+    MAX_NAMED_SSRCS,
     PRUNE_AFTER_LEAVE,
     HeldPacket,
     SsrcMap,
@@ -72,3 +73,15 @@ def test_a_new_ssrc_replaces_the_old_and_an_ssrc_changes_hands() -> None:
     assert ssrcs.user(8) == BOB and ssrcs.ssrc(ALICE) is None
     ssrcs.clear()
     assert len(ssrcs) == 0
+
+
+def test_a_server_naming_ssrcs_without_end_cannot_grow_the_map() -> None:
+    ssrcs = SsrcMap()
+    for n in range(MAX_NAMED_SSRCS):
+        assert ssrcs.name(n, 10_000 + n)[0] == []
+    assert ssrcs.name(7, 10_007)[0] == []  # named again: now the most recent
+    replaced, _ = ssrcs.name(MAX_NAMED_SSRCS, 99)
+    assert replaced == [0]  # the least recently named goes, to be pruned by the caller
+    assert len(ssrcs) == MAX_NAMED_SSRCS
+    assert ssrcs.user(0) is None and ssrcs.ssrc(10_000) is None
+    assert ssrcs.user(7) == 10_007 and ssrcs.user(MAX_NAMED_SSRCS) == 99
