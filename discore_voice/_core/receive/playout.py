@@ -405,6 +405,14 @@ class PlayoutBuffer:
             raise UsageError(f"timestamp must be an int in 0..2**32-1, got {timestamp!r}")
         if type(opus) is not bytes:
             raise UsageError(f"opus must be bytes, got {type(opus).__name__}")
+        return self.accept(sequence, timestamp, opus)
+
+    def accept(self, sequence: int, timestamp: int, opus: bytes) -> bool:
+        """:meth:`push` without checking its arguments, for values read from an RTP header.
+
+        The receive pipeline's hot path: a 16-bit sequence number and a 32-bit timestamp
+        unpacked from a packet cannot be out of range, and the checks cost a tenth of a push.
+        """
         state = self._state
         if state == _IDLE:
             return self._push_idle(sequence, timestamp, opus)
@@ -654,6 +662,17 @@ class PlayoutBuffer:
         self._expected_slot = index + 1
         self._expected_ts = (ts + _FRAME) & _TS_MASK
         return out
+
+    def rest(self, pops: int) -> None:
+        """``pops`` pops that found nothing to do, at once: the target depth's decay runs.
+
+        For a caller that stopped popping while this buffer was idle (a packet may have
+        started a fill since: the pops it rested came before).
+        """
+        calm = self._pops_calm + pops
+        shrink, self._pops_calm = divmod(calm, DECAY_POPS)
+        if shrink:
+            self._set_target(max(self._depth, self._target - shrink))
 
     def _pop_drain(self) -> Slot:
         """The next packet of an abandoned timeline, played while the current one fills."""

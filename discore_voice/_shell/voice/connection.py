@@ -387,7 +387,13 @@ class VoiceConnection:
                 "this connection is already receiving: open more streams on the receiver "
                 "its vc.receive() block yielded"
             )
-        receiver = VoiceReceiver(self, self._task.protocol.receive, decode=decode, depth=depth)
+        receiver = VoiceReceiver(
+            self,
+            self._task.protocol.receive,
+            decode=decode,
+            depth=depth,
+            tap=self._task.receive_tap,
+        )
         self._receiver = receiver
         try:
             async with trio.open_nursery() as nursery:

@@ -61,6 +61,7 @@ from .messages import (
     WebSocketOpened,
     report,
 )
+from .receive.tap import ReceiveTap
 from .sending.sender import VoiceSender
 from .sending.stepper import SendLink
 from .timers import Timers
@@ -137,6 +138,8 @@ class SessionTask:
         self.state = self._snapshot()
         self.changed = trio.Event()
         """Set (and replaced) whenever :attr:`state` changes."""
+        self.receive_tap = ReceiveTap()
+        """Where the UDP sockets and the receiver meet (``receive/tap.py``)."""
 
     # --- what the user's side reads ---------------------------------------------------------
 
@@ -366,7 +369,13 @@ class SessionTask:
     def _start_udp(self, command: StartUdp) -> None:
         self._stop_udp()
         udp = VoiceUdp(
-            command.generation, command.ip, command.port, command.ssrc, self._inbox, self._log
+            command.generation,
+            command.ip,
+            command.port,
+            command.ssrc,
+            self._inbox,
+            self._log,
+            self.receive_tap,
         )
         self._udp = udp
         self._udp_scope = self._spawn(udp.run)
@@ -426,6 +435,7 @@ class SessionTask:
             self.state = state
             self.changed.set()
             self.changed = trio.Event()
+            self.receive_tap.wake()
 
 
 async def guarded(

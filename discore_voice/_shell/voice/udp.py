@@ -10,6 +10,8 @@ directly (the session task puts the socket in the sender's link); this task only
 Every datagram from the voice server goes to the connection's receive pipeline (in the core:
 ``_core/receive/pipeline.py``), which decrypts, filters and counts it, and buffers it when
 someone receives; none of it can end the connection. Datagrams before the key are counted here.
+While a receiver plays members out, its 20 ms tick reads the socket instead and this task parks
+(``receive/tap.py``): one wake-up per tick for all of receiving.
 The keys come from the session task (:meth:`VoiceUdp.set_media`), never from polling.
 
 Keep-alives (an IP discovery request every 5 s, which every voice server answers) are also how a
@@ -46,6 +48,7 @@ from .messages import (
     UdpSilent,
     report,
 )
+from .receive.tap import ReceiveTap
 
 __all__ = [
     "DISCOVERY_ATTEMPTS",
@@ -105,6 +108,7 @@ class VoiceUdp:
         ssrc: int,
         inbox: trio.MemorySendChannel[Message],
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        tap: ReceiveTap | None = None,
     ) -> None:
         self.generation = generation
         self.ssrc = ssrc
@@ -113,7 +117,10 @@ class VoiceUdp:
         self._log = log
         self._sock: socket.socket | None = None
         self._media: Media | None = None
-        self._flowing_reported = False
+        self._flowing = False  # new media decrypted with the current keys...
+        self._flowing_reported = False  # ...and the session task told so
+        self._wake: trio.Event | None = None  # set to unpark the task (see _read_forever)
+        self._tap = tap if tap is not None else ReceiveTap()
         self._last_answer = 0.0
         self.dropped: Counter[str] = Counter()
         self.keepalives_sent = 0
@@ -135,7 +142,7 @@ class VoiceUdp:
             media = None
         if media is not self._media:
             self._media = media
-            self._flowing_reported = False
+            self._flowing = self._flowing_reported = False
 
     # --- the task -------------------------------------------------------------------------
 
@@ -249,29 +256,81 @@ class VoiceUdp:
             datagrams.append(data)
 
     async def _receive_forever(self, sock: socket.socket) -> None:
+        tap = self._tap
+        tap.attach(self)
+        try:
+            await self._read_forever(sock, tap)
+        finally:
+            tap.detach(self)
+
+    async def _read_forever(self, sock: socket.socket, tap: ReceiveTap) -> None:
         window_start, window_count, busy = trio.current_time(), 0, False
         while True:
+            if tap.paced:
+                # A receiver is playing members out and reads the socket at its ticks
+                # (``receive/tap.py``): park until it stops, or has something to report.
+                wake = self._wake = trio.Event()
+                try:
+                    await wake.wait()
+                finally:
+                    self._wake = None
+                await self._report()
+                window_start, window_count = trio.current_time(), 0
+                continue
             if busy:
-                # Many members speaking: let datagrams gather for a few milliseconds and take
-                # them in one wake-up, instead of one trio wake-up per datagram (5000 a second
-                # with 100 speakers). The playout buffer's 100 ms hides the wait.
+                # Many members speaking and nobody receiving: let datagrams gather for a few
+                # milliseconds and take them in one wake-up, instead of one trio wake-up per
+                # datagram (5000 a second with 100 speakers).
                 await trio.sleep(COALESCE_SECONDS)
             await trio.lowlevel.wait_readable(sock)
-            flowing = False
             now = trio.current_time()
-            for data in self._drain(sock):
-                window_count += 1
-                flowing = self._receive(data, now) or flowing
+            window_count += self._read(sock, now)
             if now - window_start >= 1.0:
                 busy = window_count >= BUSY_DATAGRAMS_PER_SECOND * (now - window_start)
                 window_start, window_count = now, 0
-            if flowing and not self._flowing_reported:
-                self._flowing_reported = True
-                await report(self._inbox, MediaFlowing(self.generation))
+            await self._report()
+
+    def _read(self, sock: socket.socket, now: float) -> int:
+        """Every waiting datagram into the pipeline; how many there were."""
+        flowing = False
+        count = 0
+        for data in self._drain(sock):
+            count += 1
+            flowing = self._receive(data, now) or flowing
+        if flowing:
+            self._flowing = True
             media = self._media
-            if media is not None and media.receive.dave_recovery_wanted:
-                media.receive.dave_recovery_wanted = False
-                await report(self._inbox, DaveFailing(self.generation))
+            if media is not None and media.receive.receiving:
+                self._tap.media_arrived()
+        return count
+
+    def pump(self, now: float) -> None:
+        """The receiver's tick reads the socket (see ``receive/tap.py``); reports wake us."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._read(sock, now)
+        if self._wake is not None and self._report_due():
+            self._wake.set()
+
+    def unpaced(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _report_due(self) -> bool:
+        media = self._media
+        return (self._flowing and not self._flowing_reported) or (
+            media is not None and media.receive.dave_recovery_wanted
+        )
+
+    async def _report(self) -> None:
+        if self._flowing and not self._flowing_reported:
+            self._flowing_reported = True
+            await report(self._inbox, MediaFlowing(self.generation))
+        media = self._media
+        if media is not None and media.receive.dave_recovery_wanted:
+            media.receive.dave_recovery_wanted = False
+            await report(self._inbox, DaveFailing(self.generation))
 
     def _receive(self, data: bytes, now: float) -> bool:
         """Count one datagram, and hand media to the receive pipeline; True if it was new media."""
