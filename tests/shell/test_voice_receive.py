@@ -480,3 +480,37 @@ async def test_frames_that_keep_failing_dave_start_the_group_over() -> None:
     assert vc.dave_stats["recoveries"] == 1
     assert audio_of(got) == frames  # nothing forged came out; everything after, as sent
     assert stats.dropped["dave.decrypt_failed"] >= 36
+
+
+async def test_the_receiver_sleeps_while_nobody_speaks_and_its_ticks_stay_a_clock(
+    jump_clock: trio.testing.MockClock,
+) -> None:
+    """No tick runs in a silence (a wake-up costs more than a tick's work), yet tick numbers
+    count it: the next talkspurt's frames are placed that much later."""
+    frames = encode_pcm(sine_pcm(0.2))
+    async with (
+        environment(dave="off") as env,
+        voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+    ):
+        member = env.member()
+        pipeline = vc._task.protocol.receive
+        tap = vc._task.receive_tap
+        async with vc.receive(decode=False) as rx:
+            stream, events = rx.user(member.user_id), rx.speaking()
+            with trio.fail_after(WAIT):
+                await member.speak_opus(frames)
+                first = await collect(stream, len(frames) + 5, concealed=False)
+                async for event in events:
+                    if isinstance(event, SpeakingStopped):
+                        break
+                await settled_until(lambda: not tap.paced)  # asleep, the socket read on readiness
+            ticks_run, clock = pipeline.tick_count, rx.tick
+            await trio.sleep(30)
+            assert pipeline.tick_count == ticks_run  # no tick in thirty seconds of silence
+            assert 1499 <= rx.tick - clock <= 1501  # but the clock went on
+            with trio.fail_after(WAIT):
+                await member.speak_opus(frames)
+                second = await collect(stream, len(frames), concealed=False)
+    assert [f.opus for f in first[: len(frames)]] == [f.opus for f in second] == frames
+    # Thirty seconds (1500 ticks) plus the talkspurt's own length apart, give or take a tick.
+    assert 1500 + len(frames) - 5 <= second[0].tick - first[0].tick <= 1500 + len(frames) + 15

@@ -32,6 +32,7 @@ from discore_voice._shell.voice.messages import (
     UdpFailed,
     UdpSilent,
 )
+from discore_voice._shell.voice.receive.tap import ReceiveTap
 from discore_voice._shell.voice.sending.clock import BATCH_SLACK, SendClock, SenderCrashed
 from discore_voice._shell.voice.timers import Timers
 from discore_voice._shell.voice.udp import VoiceUdp
@@ -251,6 +252,57 @@ async def test_udp_discovers_then_counts_what_it_receives_and_reports_media(
     }
     assert crypto.stats["passed_through"] == 2  # no DAVE: transport-decrypted frames pass
     assert udp.sock is None  # closed when the task ended
+
+
+async def test_while_a_receiver_paces_the_udp_task_parks_and_the_tick_reads_the_socket(
+    peer: socket.socket,
+) -> None:
+    """One wake-up per tick: the receiver's pump reads what the parked UDP task would have."""
+    send, receive = channel()
+    host, port = peer.getsockname()
+    tap = ReceiveTap()
+    udp = VoiceUdp(3, host, port, 42, send, LOG, tap)
+    cipher = create_cipher(AES256_GCM_RTPSIZE, KEY)
+    crypto = MediaCrypto()
+    pipeline = ReceivePipeline(crypto)
+    pipeline.name(99, 7)
+    pipeline.start()
+
+    def packet(sequence: int) -> bytes:
+        header = RtpHeader(sequence=sequence, timestamp=960 * sequence, ssrc=99)
+        return cipher.encrypt(header, b"\xfc" + bytes([sequence]))
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(udp.run)
+            tap.pace(True)  # a receiver is playing members out
+            address = await discovered(peer, udp, receive)
+            udp.set_media(Media(3, 42, create_cipher(AES256_GCM_RTPSIZE, KEY), crypto, pipeline))
+            await trio.testing.wait_all_tasks_blocked()
+            peer.sendto(packet(1), address)
+            peer.sendto(build_response(42, "203.0.113.9", 5000), address)  # a keep-alive answer
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipeline.received == 0  # parked: nobody read the socket
+            tap.pump(trio.current_time())
+            assert pipeline.received == 1 and udp.keepalives_answered == 1
+            # What the pump found worth reporting wakes the task to report it.
+            assert await receive.receive() == MediaFlowing(3)
+            # Unpaced, the task reads on readiness again, and new media wakes a sleeping
+            # receiver.
+            woke = trio.Event()
+
+            async def sleeping_receiver() -> None:
+                await tap.wait_for_media()
+                woke.set()
+
+            nursery.start_soon(sleeping_receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not tap.paced
+            peer.sendto(packet(2), address)
+            await woke.wait()
+            assert pipeline.received == 2
+            nursery.cancel_scope.cancel()
+    assert repr(tap) == "<ReceiveTap on readiness reader=none>"  # detached when it ended
 
 
 async def test_udp_reports_a_malformed_discovery_reply_as_such(peer: socket.socket) -> None:

@@ -393,6 +393,7 @@ class VoiceConnection:
             decode=decode,
             depth=depth,
             tap=self._task.receive_tap,
+            next_send_at=self._sender.next_send_at,
         )
         self._receiver = receiver
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -141,8 +142,10 @@ class VoiceReceiver:
         decode: bool,
         depth: int,
         tap: ReceiveTap | None = None,
+        next_send_at: Callable[[], float | None] | None = None,
     ) -> None:
         self._connection = connection
+        self._next_send_at = next_send_at
         self._pipeline = pipeline
         self._tap = tap if tap is not None else ReceiveTap()
         self._decode = decode
@@ -310,6 +313,8 @@ class VoiceReceiver:
                     slept = math.ceil((trio.current_time() - last_tick) / TICK_SECONDS)
                     pipeline.skip(slept - 1)
                     next_tick = last_tick + slept * TICK_SECONDS
+                if self._next_send_at is not None:
+                    next_tick = _between_sends(next_tick, self._next_send_at())
                 now = trio.current_time()
                 if next_tick < now - 10 * TICK_SECONDS:
                     # The process stalled (a debugger, a suspended laptop): resume the grid from
@@ -457,6 +462,20 @@ class VoiceReceiver:
         )
         for stream in self._mixed:
             stream._put(mixed)
+
+
+def _between_sends(tick_at: float, send_at: float | None) -> float:
+    """``tick_at`` moved (by at most half a tick) to halfway between two of our sends.
+
+    A tick that came due with a send ran in the same wake-up, and decoding ten members (~0.6
+    ms) delayed the send: measured, the p99 gap of the bot's own stream grew by up to 2.5 ms
+    with ten members speaking. Half a frame apart, the two never meet.
+    """
+    if send_at is None:
+        return tick_at
+    target = send_at + TICK_SECONDS / 2
+    offset = (target - tick_at + TICK_SECONDS / 2) % TICK_SECONDS - TICK_SECONDS / 2
+    return tick_at + offset
 
 
 def check_depth(delay: object) -> int:

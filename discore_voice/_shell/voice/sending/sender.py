@@ -98,6 +98,16 @@ class VoiceSender:
     def stats(self) -> SendStats:
         return self.stepper.stats()
 
+    def next_send_at(self) -> float | None:
+        """When the next frame goes out, while frames are going out; else None.
+
+        The receiver ticks half a frame away from it, so its decoding never delays a send.
+        """
+        pacer = self.stepper.pacer
+        if self.stepper.link is None or not pacer.running:
+            return None
+        return pacer.due_at
+
     async def play(self, source: AudioSource) -> int:
         """Play ``source`` to its end; the audio frames sent meanwhile (see VoiceConnection)."""
         if not isinstance(source, AudioSource):
