@@ -31,6 +31,7 @@ from ._core.gateway.errors import (
     ShardingError,
     ShardingRequired,
 )
+from ._core.gateway.guilds import ChannelCheck, ChannelVerdict
 from ._core.gateway.intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway.limits import IdentifyLimiter
 from ._core.pcm_buffer import PCM_BLOCK_SIZE, VoiceBufferFull
@@ -105,6 +106,8 @@ __all__ = [
     "AuthenticationFailed",
     "AvSource",
     "BridgeClosed",
+    "ChannelCheck",
+    "ChannelVerdict",
     "Connected",
     "DaveChange",
     "DaveError",

@@ -14,6 +14,7 @@ import trio
 from trio.testing import MockClock
 
 from discore_voice._core.gateway.errors import AuthenticationFailed
+from discore_voice._core.gateway.guilds import ChannelVerdict
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.gateway.limits import SendRateLimiter
 from discore_voice._core.transport import AES256_GCM_RTPSIZE, XCHACHA20_POLY1305_RTPSIZE
@@ -32,6 +33,7 @@ from discore_voice._errors import UsageError
 from discore_voice._shell.bridge import ForwardedBridge
 from discore_voice._shell.shard.connection import Shard, open_shard
 from discore_voice._shell.voice.connection import (
+    DIRECTORY_GRACE,
     GuildNotOnShard,
     MissingVoiceIntent,
     VoiceConnection,
@@ -530,6 +532,70 @@ async def test_connect_timeout_leaves_nothing_behind(jump_clock: MockClock) -> N
             # The guild is free again.
             async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
                 assert vc.is_connected
+
+
+@pytest.mark.parametrize(
+    "case", ["not_in_guild", "swapped", "text_channel", "no_such_channel", "other_guild", "deleted"]
+)
+async def test_a_join_that_cannot_work_fails_at_once_and_sends_nothing(
+    case: str, jump_clock: MockClock
+) -> None:
+    """The shard's guild list (READY, GUILD_CREATE, CHANNEL_*) refuses wrong ids before op 4.
+
+    An unknown guild or channel gets DIRECTORY_GRACE for its GUILD_CREATE / CHANNEL_CREATE to
+    arrive (it may have been created a moment ago); a text channel is refused at once.
+    """
+    with trio.fail_after(WAIT):
+        async with environment() as env:
+            guild_id, channel_id = env.guild.id, env.channel.id
+            if case == "not_in_guild":
+                guild_id = 123456789012345678
+                expected, words = InvalidationReason.NOT_IN_GUILD, "not in guild"
+            elif case == "swapped":
+                guild_id, channel_id = channel_id, guild_id
+                expected, words = InvalidationReason.NOT_IN_GUILD, "swapped"
+            elif case == "text_channel":
+                channel_id = env.guild.add_text_channel().id
+                expected, words = InvalidationReason.NOT_A_VOICE_CHANNEL, "a text channel"
+            elif case == "no_such_channel":
+                channel_id = 123456789012345678
+                expected, words = InvalidationReason.NO_SUCH_CHANNEL, "has no channel"
+            elif case == "other_guild":
+                channel_id = env.discord.add_guild().add_voice_channel().id
+                expected, words = InvalidationReason.NO_SUCH_CHANNEL, "is a channel of guild"
+            else:
+                env.discord.delete_channel(channel_id)
+                expected, words = InvalidationReason.NO_SUCH_CHANNEL, "has no channel"
+            await settled_until(  # the shard has seen the CHANNEL_CREATE / CHANNEL_DELETE
+                lambda: (
+                    env.shard.check_voice_channel(guild_id, channel_id).verdict.value
+                    == expected.value
+                )
+            )
+            start = trio.current_time()
+            with pytest.raises(VoiceConnectionFailed) as caught:
+                async with voice_connection(env.shard, guild_id, channel_id):
+                    raise AssertionError("must not connect")
+            waited = trio.current_time() - start  # not the minute of a handshake timeout
+            if expected is InvalidationReason.NOT_A_VOICE_CHANNEL:
+                assert waited < 0.5
+            else:
+                assert DIRECTORY_GRACE <= waited < DIRECTORY_GRACE + 0.5
+            assert caught.value.reason is expected
+            named = guild_id if expected is InvalidationReason.NOT_IN_GUILD else channel_id
+            assert words in caught.value.cause and str(named) in caught.value.cause
+            assert env.discord.sessions[-1].ops_received.count(4) == 0  # Discord was not asked
+            if case != "deleted":  # the guild is free, and a right join still works
+                async with voice_connection(env.shard, env.guild.id, env.channel.id) as vc:
+                    assert vc.is_connected
+
+
+async def test_without_the_guilds_intent_nothing_is_refused_in_advance() -> None:
+    with trio.fail_after(WAIT):
+        async with environment(intents=Intents.GUILD_VOICE_STATES) as env:
+            text = env.guild.add_text_channel()
+            check = env.shard.check_voice_channel(env.guild.id, text.id)
+            assert check.verdict is ChannelVerdict.UNKNOWN  # no GUILD_CREATE: no channel list
 
 
 async def test_handshake_failure_raises_with_reason_and_cause(

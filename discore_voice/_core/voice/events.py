@@ -40,6 +40,10 @@ class InvalidationReason(enum.Enum):
     DAVE_REQUIRED = "dave_required"
     GATEWAY_CLOSED = "gateway_closed"
     RECONNECT_FAILED = "reconnect_failed"
+    #: The shard's guild list (READY, GUILD_CREATE) says the join cannot work; no op 4 was sent.
+    NOT_IN_GUILD = "not_in_guild"
+    NO_SUCH_CHANNEL = "no_such_channel"
+    NOT_A_VOICE_CHANNEL = "not_a_voice_channel"
 
 
 @dataclass(frozen=True, slots=True)

@@ -498,7 +498,13 @@ class VoiceSession:
         return [self._send(ClientSpeaking(speaking=flags, ssrc=self.ssrc))]
 
     def fail(self, reason: InvalidationReason, detail: str) -> list[SessionOutput]:
-        """Invalidate for a reason only the shell can see (a timeout, a missing library)."""
+        """Invalidate for a reason only the shell can see (a timeout, a missing library, a
+        join the shard's guild list refuses before any op 4 went out)."""
+        if self.phase is Phase.IDLE:
+            # Nothing was joined, so there is nothing to leave or close: invalid, and said so.
+            self.phase = Phase.INVALID
+            self.invalidation = Invalidated(reason, shorten(detail, _MAX_DETAIL))
+            return [self.invalidation]
         return self._invalidate(reason, detail)
 
     def gateway_session_lost(self, detail: str) -> list[SessionOutput]:

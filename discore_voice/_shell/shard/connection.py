@@ -29,7 +29,7 @@ import sys
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 import trio_websocket
@@ -40,6 +40,7 @@ from ..._core.gateway.errors import (
     GatewayError,
     ShardClosed,
 )
+from ..._core.gateway.guilds import ChannelCheck, ChannelVerdict, GuildDirectory
 from ..._core.gateway.intents import Intents
 from ..._core.gateway.limits import IdentifyLimiter, ReconnectBackoff, SendRateLimiter
 from ..._core.gateway.protocol import (
@@ -82,6 +83,8 @@ __all__ = ["DEFAULT_GATEWAY_URL", "Shard", "open_shard", "shard_for_guild"]
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg"
 # Discord closes with 4002 any payload over 4096 bytes.
 MAX_SEND_SIZE = 4096
+#: What a directory that is behind by a dispatch or two would also say.
+_MAY_STILL_COME: Final = frozenset({ChannelVerdict.NOT_IN_GUILD, ChannelVerdict.NO_SUCH_CHANNEL})
 # Compressed frames; a big bot's READY or GUILD_CREATE can exceed trio-websocket's 1 MiB default.
 MAX_RECEIVE_SIZE = 16 * 1024 * 1024
 # Close code for a close that must keep the session resumable (1000/1001 would end it).
@@ -186,6 +189,8 @@ class Shard:
         self._nursery: trio.Nursery | None = None
         self._session_live = False
         self._voice_states = VoiceStateQueue(self._log)
+        self._guilds = GuildDirectory()
+        self._guilds_changed = trio.Event()  # set (and replaced) when the directory learns
 
     def __repr__(self) -> str:
         state = "closed" if self._stopped else "ready" if self.is_ready else "reconnecting"
@@ -239,6 +244,29 @@ class Shard:
     def serves_guild(self, guild_id: int | str) -> bool:
         """Whether Discord routes ``guild_id``'s events (and voice) through this shard."""
         return shard_for_guild(guild_id, self._shard_count) == self._shard_id
+
+    def check_voice_channel(self, guild_id: int | str, channel_id: int | str) -> ChannelCheck:
+        """Whether the bot could join ``channel_id`` of ``guild_id``, from what READY, GUILD_CREATE
+        and CHANNEL_* said (``ChannelVerdict.UNKNOWN`` where they have not said yet, as without
+        the GUILDS intent). Voice connections ask before they send op 4."""
+        guild = validate_snowflake(guild_id, name="guild_id")
+        channel = validate_snowflake(channel_id, name="channel_id")
+        return self._guilds.check(guild, channel)
+
+    async def wait_voice_channel(
+        self, guild_id: int | str, channel_id: int | str, *, grace: float
+    ) -> ChannelCheck:
+        """:meth:`check_voice_channel`, given ``grace`` seconds to stop saying "no such guild"
+        or "no such channel": a bot that just created the channel (or was just added to the
+        guild) has the REST answer before the gateway's CHANNEL_CREATE (or GUILD_CREATE)."""
+        with trio.move_on_after(grace):
+            while True:
+                changed = self._guilds_changed
+                check = self.check_voice_channel(guild_id, channel_id)
+                if check.verdict not in _MAY_STILL_COME:
+                    return check
+                await changed.wait()
+        return self.check_voice_channel(guild_id, channel_id)
 
     def subscribe(
         self,
@@ -612,6 +640,9 @@ class Shard:
                                 self._log.info("resuming at sequence %s", protocol.sequence)
                             await self._send_priority(connection, event.payload)
                     elif isinstance(event, Dispatched):
+                        if self._guilds.dispatch(event.name, event.data):
+                            self._guilds_changed.set()
+                            self._guilds_changed = trio.Event()
                         dispatches.publish(self._hub, event.name, event.data)
                     elif isinstance(event, SessionReady | SessionResumed):
                         ready_at = trio.current_time()

@@ -28,6 +28,7 @@ import trio
 from ..._audio.opus import EncoderSettings
 from ..._audio.sources import AudioSource
 from ..._checks import check_bool
+from ..._core.gateway.guilds import ChannelVerdict
 from ..._core.gateway.intents import Intents
 from ..._core.gateway.voice import (
     GATEWAY_DISCONNECTED,
@@ -180,6 +181,16 @@ class _GuildLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = self.extra or {}
         return f"guild {extra['guild_id']}: {msg}", kwargs
+
+
+#: How long a join waits for the shard to hear of a guild or channel it does not know yet
+#: (created a moment ago) before refusing it: dispatches trail REST answers by milliseconds.
+DIRECTORY_GRACE: Final = 2.0
+_REFUSALS: Final = {
+    ChannelVerdict.NOT_IN_GUILD: InvalidationReason.NOT_IN_GUILD,
+    ChannelVerdict.NO_SUCH_CHANNEL: InvalidationReason.NO_SUCH_CHANNEL,
+    ChannelVerdict.NOT_A_VOICE_CHANNEL: InvalidationReason.NOT_A_VOICE_CHANNEL,
+}
 
 
 def _check_bridge(bridge: object, guild_id: Snowflake) -> None:
@@ -675,6 +686,14 @@ class VoiceConnection:
         self, channel: Snowflake, self_mute: bool, self_deaf: bool, limit: float
     ) -> VoiceConnectionFailed | None:
         """Join and wait for the handshake; the failure to raise, or None once connected."""
+        refusal = await self._refusal(channel)
+        if refusal is not None:
+            # Discord would never answer this op 4: fail now, with the reason, not in a minute.
+            await self._inbox.send(TaskFailed(*refusal))
+            await self._wait(_over)
+            invalidation = self.invalidation
+            assert invalidation is not None
+            return VoiceConnectionFailed(invalidation.reason, invalidation.detail)
         start = trio.current_time()
         # The handshake's timeout starts once op 4 is out: a shard whose voice joins outrun its
         # rate limit queues them, for up to one more window.
@@ -688,7 +707,8 @@ class VoiceConnection:
         if self.is_connecting:
             detail = (
                 f"the voice handshake did not finish within {limit:g} s (is the channel "
-                "full, or the bot missing permission to join it?)"
+                "full, the bot missing permission to join it, or the guild or channel id "
+                "wrong?)"
                 if not sending.cancelled_caught
                 else f"op 4 could not be sent within {sending.deadline - start:g} s (the "
                 "gateway is down, or far over its rate limit)"
@@ -699,6 +719,14 @@ class VoiceConnection:
         if invalidation is not None:
             return VoiceConnectionFailed(invalidation.reason, invalidation.detail)
         return None
+
+    async def _refusal(self, channel: Snowflake) -> tuple[InvalidationReason, str] | None:
+        """Why a join of ``channel`` cannot work, if the shard's guild list already says so."""
+        if not isinstance(self._bridge, Shard):
+            return None  # a bridge forwards dispatches, not the guild list
+        check = await self._bridge.wait_voice_channel(self.guild_id, channel, grace=DIRECTORY_GRACE)
+        reason = _REFUSALS.get(check.verdict)
+        return None if reason is None else (reason, check.detail)
 
     async def _wait_handshake(self, limit: float) -> None:
         """Wait for the handshake for ``limit`` seconds of a live gateway.
