@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._core.gateway.errors import AuthenticationFailed, DisallowedIntents
+from .._core.gateway.errors import AuthenticationFailed, DisallowedIntents, GatewayUnreachable
 from .._core.gateway.intents import Intents
 from .._core.snowflake import Snowflake, validate_snowflake
 from .._core.voice.events import InvalidationReason
@@ -57,7 +57,10 @@ def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
         "--ca-file", type=Path, help="trust this CA too (for a local Discord served with TLS)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the join (default 30)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the gateway, and then for the join (default 30)",
     )
 
 
@@ -87,6 +90,7 @@ async def joined(target: Target) -> AsyncIterator[VoiceConnection]:
             intents=Intents.VOICE_DEFAULT,
             gateway_url=target.gateway_url,
             ssl_context=target.ssl_context,
+            connect_timeout=target.timeout,
         ) as shard:
             say(f"logged in as {shard.user_id}; joining channel {target.channel_id}")
             async with voice_connection(
@@ -105,6 +109,8 @@ async def joined(target: Target) -> AsyncIterator[VoiceConnection]:
             "the bot may not use the intents it asked for; enable them for the application in "
             "the Discord developer portal"
         ) from exc
+    except GatewayUnreachable as exc:
+        raise UsageError(f"cannot reach the gateway at {target.gateway_url}: {exc}") from exc
     except VoiceConnectionFailed as exc:
         raise UsageError(_explain_failure(exc, target)) from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -101,11 +102,35 @@ async def test_ctrl_c_leaves_the_channel_cleanly(tmp_path: Path) -> None:
             )
 
 
+async def test_an_unreachable_gateway_is_one_line_within_the_timeout(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.opus"
+    _ogg_file(clip, 0.2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    async with open_local_discord() as discord:
+        guild = discord.add_guild()
+        command = _command(discord, guild.id, guild.add_voice_channel().id, "--timeout", "1")
+        command[command.index("--gateway-url") + 1] = f"ws://127.0.0.1:{port}"
+        with trio.fail_after(WAIT):
+            result = await trio.run_process(
+                [*command, str(clip)],
+                env=_env(discord.bot.token),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    errors = [line for line in result.stderr.decode().splitlines() if "error" in line]
+    assert result.returncode == 1
+    assert len(errors) == 1 and "cannot reach the gateway" in errors[0], result.stderr.decode()
+    assert "connect_timeout=1 s" in errors[0]
+
+
 @pytest.mark.parametrize(
     ("token", "channel_exists", "message"),
     [
         ("not-the-token", True, "Discord rejected the token in DISCORD_TOKEN"),
-        (None, False, "no answer to joining channel"),
+        (None, False, "has no channel 123456789012345678"),
     ],
 )
 async def test_failures_are_one_line(

@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from discore_voice._core.gateway.errors import ShardClosed
+from discore_voice._core.gateway.errors import GatewayUnreachable, ShardClosed
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.gateway.voice import (
     VOICE_SERVER_UPDATE,
@@ -387,7 +387,7 @@ async def test_shards_split_guilds(discord: LocalDiscord) -> None:
             assert sorted(s.shard for s in discord.sessions if s.shard) == [(0, 2), (1, 2)]
 
 
-async def test_unreachable_gateway_is_retried_with_backoff(
+async def test_unreachable_gateway_is_retried_with_backoff_until_connect_timeout(
     jump_clock: MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="discore_voice.gateway")
@@ -395,12 +395,18 @@ async def test_unreachable_gateway_is_retried_with_backoff(
     await probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
-    with trio.move_on_after(200) as scope:
+    start = trio.current_time()
+    with trio.fail_after(200), pytest.raises(GatewayUnreachable) as caught:
         async with open_shard(
-            "a.b.c", intents=Intents.VOICE_DEFAULT, gateway_url=f"ws://127.0.0.1:{port}"
+            "a.b.c",
+            intents=Intents.VOICE_DEFAULT,
+            gateway_url=f"ws://127.0.0.1:{port}",
+            connect_timeout=100,
         ):
             raise AssertionError("must not connect")
-    assert scope.cancelled_caught
+    # It gave up instead of making a retry that would end past the deadline.
+    assert trio.current_time() - start <= 100
+    assert "connect_timeout=100 s" in str(caught.value) and "attempts" in str(caught.value)
     delays = [
         float(record.args[-1])  # type: ignore[index, arg-type]
         for record in caplog.records

@@ -72,6 +72,12 @@ class DisallowedIntents(GatewayError):
     """A privileged intent was requested that the bot may not use (close code 4014)."""
 
 
+class GatewayUnreachable(GatewayError):
+    """No READY within ``open_shard``'s ``connect_timeout``: the gateway could not be reached,
+    or dropped every connection before READY. Only the first connection is bounded like this;
+    once a shard was ready, it reconnects with backoff for as long as its block lasts."""
+
+
 class BridgeClosed(DiscoreVoiceError):
     """The gateway side of voice (a shard or a forwarded bridge) has gone away."""
 

@@ -38,6 +38,7 @@ from ..._core.gateway.errors import (
     CloseAction,
     CloseVerdict,
     GatewayError,
+    GatewayUnreachable,
     ShardClosed,
 )
 from ..._core.gateway.guilds import ChannelCheck, ChannelVerdict, GuildDirectory
@@ -486,6 +487,7 @@ class Shard:
 
     async def _session_loop(self) -> None:
         backoff = ReconnectBackoff()
+        started = trio.current_time()
         while not self._closing:
             resuming = self._protocol.can_resume
             url = self._protocol.connect_url(self._gateway_url)
@@ -503,6 +505,7 @@ class Shard:
                 # (a resume is still worth trying there).
                 self._protocol.resume_gateway_url = None
                 delay = backoff.next_delay(random.random())
+                self._give_up_before_ready(started, delay, backoff.attempts, str(exc))
                 self._log.warning("%s; retrying in %.1f s", exc, delay)
                 await self._pause(delay)
                 continue
@@ -518,6 +521,7 @@ class Shard:
             delay = backoff.next_delay(random.random())
             if outcome.wait is not None:
                 delay = max(delay, outcome.wait)
+            self._give_up_before_ready(started, delay, backoff.attempts, verdict.description)
             # A reconnect after a connection that stayed up is routine (Discord asks for them);
             # one after a connection that did not is a failing gateway, worth a warning.
             self._log.log(
@@ -529,6 +533,21 @@ class Shard:
                 backoff.attempts,
             )
             await self._pause(delay)
+
+    def _give_up_before_ready(self, started: float, delay: float, attempts: int, last: str) -> None:
+        """Before the first READY, a retry that would end past ``connect_timeout`` is not made.
+
+        A bot pointed at a wrong or unreachable gateway learns it in ``connect_timeout``
+        seconds, not never; a shard that was ready once keeps reconnecting instead.
+        """
+        if self._settled.is_set():
+            return
+        if trio.current_time() + delay - started < self._connect_timeout:
+            return
+        raise GatewayUnreachable(
+            f"no READY from the gateway within connect_timeout={self._connect_timeout:g} s "
+            f"({attempts} attempt{'s' if attempts != 1 else ''}; the last: {shorten(last, 200)})"
+        )
 
     async def _pause(self, delay: float) -> None:
         with self._interruptible():
@@ -750,8 +769,10 @@ async def open_shard(
     ``identify_limiter`` built with the bot's ``max_concurrency``. ``buffer_size`` is each
     subscription's default buffer. See the module docstring for what is raised, and when.
 
-    Network failures are retried with backoff for as long as the block lasts, including before
-    the first READY: bound the wait with ``trio.fail_after`` where that matters.
+    ``connect_timeout`` bounds each connection attempt, and the wait for the first READY:
+    a gateway that cannot be reached (or drops every connection before READY) raises
+    :class:`GatewayUnreachable` after it, with the last failure. Once ready, network failures
+    are retried with backoff for as long as the block lasts.
     """
     if not isinstance(token, str) or not token.strip() or any(c.isspace() for c in token):
         raise UsageError("token must be a non-empty string without whitespace")
