@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import abc
 import enum
+import io
 import os
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterator
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Final, Protocol, Self
 
@@ -399,19 +400,42 @@ def _import_av() -> ModuleType:
     return module
 
 
-def _decode_blocks(av: Any, path: PathLike, name: str) -> Iterator[bytes]:
+def _open_container(av: Any, target: _AvTarget, name: str) -> Any:
+    av_errors = (av.FFmpegError, OSError, ValueError, IndexError)
+    if isinstance(target, bytes):
+        target = io.BytesIO(target)
+    elif not isinstance(target, io.BytesIO):
+        target = os.fspath(target)
+    try:
+        return av.open(target, mode="r")
+    except av_errors as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise AudioSourceError(name, "no such file") from None
+        raise AudioSourceError(name, f"PyAV cannot open it: {exc}") from None
+
+
+def _probe(av: Any, target: _AvTarget, name: str) -> None:
+    """Open ``target`` and decode its first audio frame, or raise what playing it would.
+
+    Blocking (a few milliseconds for a local file), like :func:`open_audio_file`'s sniff: a
+    file that is not audio at all must fail where the user chose it, before anything joins.
+    """
+    blocks = _decode_blocks(av, target, name)
+    try:
+        if not next(blocks, b""):
+            raise UnsupportedAudio(name, "has no audio to play (empty, or nothing decodes)")
+    finally:
+        blocks.close()
+
+
+def _decode_blocks(av: Any, target: _AvTarget, name: str) -> Generator[bytes, None, None]:
     """Decode and resample to 48 kHz stereo s16 in a worker; yields about half a second a time.
 
     A generator, so the container stays open between thread hops and is closed by the
     generator's ``finally`` (from :meth:`AvSource.aclose`, or at garbage collection).
     """
     av_errors = (av.FFmpegError, OSError, ValueError, IndexError)
-    try:
-        container = av.open(os.fspath(path), mode="r")
-    except av_errors as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise AudioSourceError(name, "no such file") from None
-        raise AudioSourceError(name, f"PyAV cannot open it: {exc}") from None
+    container = _open_container(av, target, name)
     try:
         if not container.streams.audio:
             raise UnsupportedAudio(name, "has no audio stream")
@@ -440,8 +464,12 @@ def _next_block(blocks: Iterator[bytes]) -> bytes:
     return next(blocks, b"")
 
 
+#: What PyAV opens: a path or URL, or the bytes of a whole file.
+_AvTarget = str | os.PathLike[str] | bytes | io.BytesIO
+
+
 class _AvChunks:
-    def __init__(self, av: ModuleType, path: PathLike, name: str) -> None:
+    def __init__(self, av: ModuleType, path: _AvTarget, name: str) -> None:
         self._blocks: Iterator[bytes] | None = None
         self._av = av
         self._path = path
@@ -482,6 +510,40 @@ class AvSource(PcmSource):
         name = _source_name(path)
         super().__init__(_AvChunks(av, path, name), name=name, volume=volume)
 
+    @classmethod
+    def from_file(cls, path: PathLike, *, volume: float = 1.0) -> Self:
+        """Play a file (or a URL FFmpeg can stream, such as ``https://...``), decoded by PyAV.
+
+        The same as ``AvSource(path)``; checked when it plays. :func:`open_audio_file` checks a
+        file at once instead, and passes Ogg Opus through.
+        """
+        return cls(path, volume=volume)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, volume: float = 1.0, name: str = "<audio bytes>") -> Self:
+        """Play a whole audio file held in memory (mp3, flac, wav...), decoded by PyAV.
+
+        Checked at once: bytes that are not audio raise :class:`AudioSourceError` here.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UsageError(f"from_bytes() needs bytes, got {type(data).__name__}")
+        chunk = bytes(data)
+        av = _import_av()
+        _probe(av, chunk, name)
+        source = cls.__new__(cls)
+        PcmSource.__init__(source, _AvChunks(av, chunk, name), name=name, volume=volume)
+        return source
+
+    @classmethod
+    def from_iterable(
+        cls, chunks: AsyncIterable[bytes], *, volume: float = 1.0, name: str = "<PCM stream>"
+    ) -> Self:
+        """Not for PyAV: a stream of raw PCM blocks is :meth:`PcmSource.from_iterable`'s job."""
+        raise UsageError(
+            "AvSource decodes files; for a stream of 48 kHz stereo s16le PCM blocks use "
+            "PcmSource.from_iterable()"
+        )
+
 
 def open_audio_file(path: PathLike, *, volume: float = 1.0) -> AudioSource:
     """The right source for a file: Ogg Opus passes through untouched, anything else is decoded.
@@ -500,6 +562,9 @@ def open_audio_file(path: PathLike, *, volume: float = 1.0) -> AudioSource:
         raise AudioSourceError(name, exc.strerror or "cannot be read") from exc
     if head.startswith(b"OggS") and b"OpusHead" in head:
         return OggOpusSource.from_file(path)
+    if not head:
+        raise AudioSourceError(name, "is empty")
+    _probe(_import_av(), path, name)
     return AvSource(path, volume=volume)
 
 

@@ -139,7 +139,8 @@ class PcmBuffer:
         if size > self._capacity:
             raise UsageError(
                 f"{size} bytes of PCM can never fit in a {self._capacity}-byte voice buffer; "
-                "write it in smaller blocks or create the buffer with a larger capacity"
+                "write it in smaller blocks, await send_voice_data() (it waits for room as the "
+                "buffer drains), or open the connection with a larger buffer_size="
             )
         if size > self.free:
             raise VoiceBufferFull(

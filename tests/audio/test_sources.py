@@ -29,6 +29,7 @@ from discore_voice._audio.sources import (
     OggOpusSource,
     PcmSource,
     SourceKind,
+    open_audio_file,
 )
 from discore_voice._errors import NativeLibraryMissing, UsageError
 from discore_voice.testing._recording import ogg_opus_bytes
@@ -337,6 +338,51 @@ async def test_av_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "gone.flac"
     with pytest.raises(AudioSourceError, match=r"gone\.flac: no such file"):
         await _collect(AvSource(path))
+
+
+@needs_av
+async def test_av_from_file_and_from_bytes_decode_like_the_constructor(tmp_path: Path) -> None:
+    pcm = sine_pcm(0.3, hz=440.0)
+    path = tmp_path / "tone.wav"
+    _write_wav(path, pcm, rate=48000, channels=2)
+    from_file = b"".join(await _collect(AvSource.from_file(path, volume=1.0)))
+    from_bytes = b"".join(await _collect(AvSource.from_bytes(path.read_bytes(), name="tone")))
+    assert from_file[: len(pcm)] == from_bytes[: len(pcm)] == pcm
+    with pytest.raises(AudioSourceError, match=r"^memo: PyAV cannot open it"):
+        AvSource.from_bytes(b"this is not audio" * 20, name="memo")  # checked at once
+    with pytest.raises(UsageError, match="needs bytes"):
+        AvSource.from_bytes("tone.wav")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"PcmSource\.from_iterable"):
+        AvSource.from_iterable(_collect_nothing())
+
+
+async def _collect_nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - an async generator that yields nothing
+
+
+@needs_av
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "is empty"), (b"just some text, not audio\n" * 40, "PyAV cannot open it")],
+)
+def test_open_audio_file_refuses_what_is_not_audio_before_anything_plays(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "notes.mp3"
+    path.write_bytes(content)
+    with pytest.raises(AudioSourceError, match=rf"notes\.mp3: {problem}"):
+        open_audio_file(path)
+
+
+@needs_av
+def test_open_audio_file_accepts_real_audio_and_passes_ogg_opus_through(tmp_path: Path) -> None:
+    wav = tmp_path / "tone.wav"
+    _write_wav(wav, sine_pcm(0.2, hz=440.0), rate=48000, channels=2)
+    assert isinstance(open_audio_file(wav), AvSource)
+    opus = tmp_path / "tone.opus"
+    opus.write_bytes(ogg_opus_bytes([b"\xfc\x01"] * 5))
+    assert isinstance(open_audio_file(opus), OggOpusSource)
 
 
 def _encode_with_av(path: Path, codec: str, pcm: bytes) -> None:

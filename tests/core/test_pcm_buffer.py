@@ -104,6 +104,7 @@ def test_block_larger_than_capacity_is_a_usage_error_not_full() -> None:
     with pytest.raises(UsageError, match="can never fit") as info:
         buffer.write(bytes(FRAME + 4))
     assert not isinstance(info.value, VoiceBufferFull)
+    assert "buffer_size=" in str(info.value)  # the parameter to change, by its name
 
 
 def test_write_partial_takes_what_fits() -> None:

@@ -355,6 +355,9 @@ async def test_bad_arguments() -> None:
             conn.paused = 1  # type: ignore[assignment]
         with pytest.raises(UsageError):
             await conn.play(b"pcm")  # type: ignore[arg-type]
+        for send in (conn.send_voice_data, conn.send_voice_data_nowait):
+            with pytest.raises(UsageError, match="bytes-like, got str"):
+                await send("text")  # type: ignore[arg-type,func-returns-value]
 
 
 # --- speaking and play() ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ import trio
 
 from ...._audio.opus import EncoderSettings, OpusEncoder
 from ...._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer
+from ...._errors import UsageError
 from .encoder_pool import EncodeJob, EncoderPool
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "ENCODE_AHEAD", "OFFLOAD_AHEAD", "PcmProducer", "Wakeup"]
@@ -147,6 +148,8 @@ class PcmProducer:
 
     async def write(self, pcm: bytes | bytearray | memoryview) -> None:
         """Queue all of ``pcm``, waiting for room as the sender drains the buffer."""
+        if not isinstance(pcm, bytes | bytearray | memoryview):
+            raise UsageError(f"PCM data must be bytes-like, got {type(pcm).__name__}")
         if self._closed:
             return
         view = memoryview(pcm).cast("B") if not isinstance(pcm, bytes) else memoryview(pcm)
