@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import array
+import functools
+import http.server
 import importlib.util
 import math
 import sys
+import threading
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -383,6 +386,31 @@ def test_open_audio_file_accepts_real_audio_and_passes_ogg_opus_through(tmp_path
     opus = tmp_path / "tone.opus"
     opus.write_bytes(ogg_opus_bytes([b"\xfc\x01"] * 5))
     assert isinstance(open_audio_file(opus), OggOpusSource)
+
+
+@needs_av
+async def test_av_plays_a_url(tmp_path: Path) -> None:
+    """URL input: FFmpeg streams it (here from a loopback HTTP server) as it would a file."""
+    pcm = sine_pcm(0.3, hz=440.0)
+    _write_wav(tmp_path / "tone.wav", pcm, rate=48000, channels=2)
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tone.wav"
+        decoded = b"".join(await _collect(AvSource.from_file(url)))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert decoded[: len(pcm)] == pcm
 
 
 def _encode_with_av(path: Path, codec: str, pcm: bytes) -> None:
