@@ -31,6 +31,7 @@ import trio
 from .._core.pcm_buffer import BYTES_PER_SAMPLE, PCM_BLOCK_SIZE, apply_volume, check_gain
 from .._errors import NativeLibraryMissing, UsageError
 from .ogg import AudioSourceError, OggFormatError, OggOpusReader, UnsupportedAudio
+from .opus import OpusDecoder
 
 __all__ = [
     "AV_INSTALL_COMMAND",
@@ -390,6 +391,58 @@ class OggOpusSource(AudioSource):
         self._packets.clear()
         await self._chunks.close()
 
+    def decoded(self, *, volume: float = 1.0) -> PcmSource:
+        """This file as PCM, decoded with libopus, for a gain other than 1.0.
+
+        Passthrough sends the packets as they are, so it cannot change the level: asking for a
+        volume is asking for decoding (about 50 µs a frame) and re-encoding by the connection,
+        never for a setting quietly ignored. The stream's pre-skip (the encoder's delay) is
+        trimmed, as players do. Use this source or the one returned, not both.
+        """
+        return PcmSource(_DecodedOpusChunks(self), name=self.name, volume=check_gain(volume))
+
+
+class _DecodedOpusChunks:
+    """PCM from an :class:`OggOpusSource`'s packets, about half a second per read."""
+
+    def __init__(self, source: OggOpusSource) -> None:
+        self._source = source
+        self._decoder: OpusDecoder | None = None
+        self._to_skip: int | None = None  # bytes of pre-skip still to drop
+
+    async def read(self) -> bytes:
+        packets: list[bytes] = []
+        async for packet in self._source:
+            packets.append(packet)
+            if len(packets) >= _DECODE_BATCH:
+                break
+        if not packets:
+            return b""
+        if self._decoder is None:
+            self._decoder = OpusDecoder()
+            head = self._source._reader.head
+            self._to_skip = (head.pre_skip if head is not None else 0) * BYTES_PER_SAMPLE
+        pcm = await trio.to_thread.run_sync(_decode_all, self._decoder, packets)
+        skip = self._to_skip or 0
+        if skip:
+            self._to_skip = max(0, skip - len(pcm))
+            pcm = pcm[skip:]
+        return pcm
+
+    async def close(self) -> None:
+        await self._source.aclose()
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+
+def _decode_all(decoder: OpusDecoder, packets: list[bytes]) -> bytes:
+    return b"".join(decoder.decode(packet) for packet in packets)
+
+
+#: Packets decoded per worker-thread hop: half a second of 20 ms frames.
+_DECODE_BATCH: Final = 25
+
 
 def _import_av() -> ModuleType:
     try:
@@ -549,9 +602,13 @@ def open_audio_file(path: PathLike, *, volume: float = 1.0) -> AudioSource:
     """The right source for a file: Ogg Opus passes through untouched, anything else is decoded.
 
     Sniffs the first page rather than trusting the extension, because ``.ogg`` also holds
-    Vorbis and ``.opus`` files are sometimes misnamed. Reading one page is a blocking call, which
-    is acceptable where a user chooses a file, not in the send loop. A missing or unreadable file
-    raises :class:`AudioSourceError` naming it; a non-Opus file without the ``av`` extra raises
+    Vorbis and ``.opus`` files are sometimes misnamed; a file of another format is opened and its
+    first audio decoded with PyAV at once, so a text or empty file fails here, before anything
+    joins. These are blocking calls, acceptable where a user chooses a file, not in the send
+    loop. An Ogg Opus file with a ``volume`` other than 1.0 is decoded
+    (:meth:`OggOpusSource.decoded`): passthrough cannot change the level. A missing or
+    unreadable file raises :class:`AudioSourceError` naming it; a non-Opus file without the
+    ``av`` extra raises
     :class:`AudioExtraMissing`.
     """
     name = _source_name(path)
@@ -561,7 +618,8 @@ def open_audio_file(path: PathLike, *, volume: float = 1.0) -> AudioSource:
     except OSError as exc:
         raise AudioSourceError(name, exc.strerror or "cannot be read") from exc
     if head.startswith(b"OggS") and b"OpusHead" in head:
-        return OggOpusSource.from_file(path)
+        ogg = OggOpusSource.from_file(path)
+        return ogg if check_gain(volume) == 1.0 else ogg.decoded(volume=volume)
     if not head:
         raise AudioSourceError(name, "is empty")
     _probe(_import_av(), path, name)

@@ -29,7 +29,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("file", type=Path, help="the audio file to play")
     add_channel_arguments(parser)
     parser.add_argument(
-        "--volume", type=float, default=1.0, help="gain for decoded audio (default 1.0)"
+        "--volume",
+        type=float,
+        default=1.0,
+        help="gain (default 1.0); an Ogg Opus file is then decoded, scaled and re-encoded",
     )
     parser.set_defaults(run=_run)
 

@@ -275,6 +275,24 @@ async def test_aclose_ends_an_ogg_source(packets: list[bytes]) -> None:
     assert await _collect(source) == []
 
 
+async def test_ogg_opus_decoded_for_a_volume_trims_pre_skip_and_scales(tmp_path: Path) -> None:
+    pcm = sine_pcm(0.4, hz=440.0)
+    with OpusEncoder() as encoder:
+        packets = [encoder.encode(pcm[i : i + FRAME]) for i in range(0, len(pcm), FRAME)]
+    path = tmp_path / "tone.opus"
+    path.write_bytes(ogg_opus_bytes(packets, pre_skip=312))
+    full = b"".join(await _collect(OggOpusSource.from_file(path).decoded()))
+    half = open_audio_file(path, volume=0.5)
+    assert isinstance(half, PcmSource) and half.volume == 0.5
+    halved = b"".join(await _collect(half))
+    # 20 frames of 960 samples, less the 312 samples of pre-skip, padded to whole frames.
+    assert len(full) == len(halved) == 20 * FRAME
+    assert full[(20 * 960 - 312) * 4 :] == bytes(312 * 4)
+    loud, quiet = _samples(full), _samples(halved)
+    assert all(abs(q - v * 0.5) <= 1 for v, q in zip(loud, quiet, strict=True))
+    assert isinstance(open_audio_file(path), OggOpusSource)  # volume 1.0: passthrough
+
+
 # -- PyAV ------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from discore_voice._audio.opus import PCM_BLOCK_SIZE, OpusEncoder
+from discore_voice._audio.signals import channel as channel_samples
 from discore_voice._audio.signals import melody_pcm
 from discore_voice.testing import LocalDiscord, open_local_discord
 from discore_voice.testing._recording import ogg_opus_bytes
@@ -69,6 +71,29 @@ async def test_ogg_opus_reaches_discord_byte_identical(tmp_path: Path) -> None:
         recording = discord.voice.media.recordings[discord.bot.user_id]
         assert recording.opus_packets[: len(packets)] == packets
         assert discord.voice_state(guild.id, discord.bot.user_id) is None  # it left
+
+
+async def test_volume_on_ogg_opus_is_heard_not_ignored(tmp_path: Path) -> None:
+    """``--volume`` on an Ogg Opus file decodes it, scales it and re-encodes it."""
+    clip = tmp_path / "clip.opus"
+    _ogg_file(clip, 1.0)
+    levels = {}
+    for volume in ("1.0", "0.5"):
+        async with open_local_discord(dave="off") as discord:
+            guild = discord.add_guild()
+            channel = guild.add_voice_channel()
+            with trio.fail_after(WAIT):
+                result = await trio.run_process(
+                    _command(discord, guild.id, channel.id, "--volume", volume, str(clip)),
+                    env=_env(discord.bot.token),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            assert result.returncode == 0, result.stderr.decode()
+            heard = channel_samples(discord.voice.media.recordings[discord.bot.user_id].pcm())
+            levels[volume] = math.sqrt(sum(x * x for x in heard) / len(heard))
+    assert 0.45 < levels["0.5"] / levels["1.0"] < 0.55
 
 
 async def test_ctrl_c_leaves_the_channel_cleanly(tmp_path: Path) -> None:
