@@ -425,6 +425,7 @@ class OggOpusReader:
         "_audio_packets",
         "_bos_only",
         "_ended",
+        "_failure",
         "_first_packets",
         "_head",
         "_input_packets",
@@ -451,6 +452,7 @@ class OggOpusReader:
         self._ended = False
         self._audio_packets = 0
         self._input_packets = 0
+        self._failure: OggFormatError | None = None  # damage found after good packets
 
     @property
     def source(self) -> str:
@@ -475,15 +477,29 @@ class OggOpusReader:
         return OggFormatError(self._source, problem)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Add input; return the audio packets it completed, in order."""
+        """Add input; return the audio packets it completed, in order.
+
+        Damage in the middle of ``data`` does not cost the good packets before it: they are
+        returned, and the error is raised by the next call (``feed`` or ``close``), so a
+        damaged file plays up to the damage.
+        """
+        if self._failure is not None:
+            raise self._failure
         self._pages.feed(data)
         out: list[bytes] = []
-        while (page := self._pages.next_page()) is not None:
-            self._page(page, out)
+        try:
+            while (page := self._pages.next_page()) is not None:
+                self._page(page, out)
+        except OggFormatError as exc:  # damage; audio Discord cannot take fails at once
+            if not out:
+                raise
+            self._failure = exc
         return out
 
     def close(self) -> None:
         """Declare the end of input: anything unfinished means the file was cut short."""
+        if self._failure is not None:
+            raise self._failure
         self._pages.close()
         if self._serial is None:
             if self._first_packets:

@@ -330,8 +330,15 @@ def test_bad_crc_names_the_source_and_page(encoded: list[bytes]) -> None:
     data = bytearray(ogg_opus_bytes(encoded[:5]))
     data[-3] ^= 0x40
     reader = OggOpusReader(NAME)
+    # The packets before the damaged page come out; the damage is raised by the next call.
+    assert reader.feed(bytes(data)) == encoded[:4]
     with pytest.raises(OggFormatError, match=rf"^{NAME}: Ogg page at byte \d+ .* CRC"):
-        reader.feed(bytes(data))
+        reader.feed(b"")
+    with pytest.raises(OggFormatError, match="CRC"):
+        reader.close()
+    first_page = OggOpusReader(NAME)
+    with pytest.raises(OggFormatError, match="CRC"):  # nothing good before it: at once
+        first_page.feed(bytes(data[:40]) + b"\xff" + bytes(data[41:60]))
 
 
 @settings(max_examples=60, deadline=None)

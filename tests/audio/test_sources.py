@@ -237,7 +237,7 @@ async def test_corrupt_ogg_plays_what_came_before_then_names_the_file(
         async for packet in OggOpusSource.from_file(path):
             got.append(packet)
     assert got == (packets * 40)[: len(got)]
-    assert len(got) > 600
+    assert len(got) >= len(packets) * 40 - 2  # every packet before the damaged page
 
 
 async def test_truncated_ogg(packets: list[bytes]) -> None:
