@@ -21,6 +21,7 @@ are bounded by ``history`` so that a long run with many members stays within a f
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from collections import deque
@@ -440,7 +441,9 @@ class SimMember:
         announced = False
         start = trio.current_time()
         tail = [OPUS_SILENCE_FRAME] * (SILENCE_FRAMES_AFTER_AUDIO if silence_tail else 0)
-        for index, frame in enumerate([*frames, *tail]):
+        # Lazily: ``frames`` may be endless (``itertools.cycle``), a member talking until
+        # cancelled.
+        for index, frame in enumerate(itertools.chain(frames, tail)):
             if announce and not announced and index >= announce_after:
                 # Before the wait, so the websocket can deliver it ahead of the frame.
                 self.set_speaking(SpeakingFlags.MICROPHONE)

@@ -6,8 +6,18 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
+
+from discore_voice import (
+    Intents,
+    InvalidationReason,
+    PcmSource,
+    open_shard,
+    voice_connection,
+)
+from discore_voice._audio.signals import sine_pcm
 
 from .conftest import ConnectGateway
 
@@ -77,3 +87,92 @@ async def test_command_help() -> None:
     assert result.returncode == 0
     for flag in (b"--tls", b"--host", b"--port"):
         assert flag in result.stdout
+
+
+class Lines:
+    """A subprocess's stdout, a line at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def next(self) -> dict[str, object]:
+        while b"\n" not in self._buffer:
+            chunk = await self._stream.receive_some(4096)
+            assert chunk, f"the command exited before a whole line: {self._buffer!r}"
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        answer: dict[str, object] = json.loads(line)
+        return answer
+
+
+async def test_members_listen_and_speak_faults_come_from_stdin_and_exit_reports(
+    tmp_path: Path,
+) -> None:
+    """A bot in another process: it plays, hears a speaker, survives a 4015 and is kicked by
+    lines on the simulator's stdin; on exit the simulator says what its listeners heard."""
+    process = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "discore_voice.testing", "--dave", "off"),
+            *("--listeners", "2", "--speakers", "1", "--save", str(tmp_path)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        lines = Lines(process.stdout)
+        with trio.fail_after(30):
+            info = await lines.next()
+            members = info["members"]
+            assert isinstance(members, dict)
+            assert set(members) == {"listener-1", "listener-2", "speaker-1"}
+            await process.stdin.send_all(b"help\n")
+            assert "close CODE" in (await lines.next())["commands"]  # type: ignore[operator]
+            async with (
+                open_shard(
+                    str(info["bot_token"]),
+                    intents=Intents.VOICE_DEFAULT,
+                    gateway_url=str(info["gateway_url"]),
+                ) as shard,
+                voice_connection(shard, str(info["guild_id"]), str(info["voice_channel_id"])) as vc,
+                vc.receive(decode=False) as rx,
+            ):
+                speaker = rx.user(str(members["speaker-1"]))
+                heard = 0
+                async for _ in speaker:
+                    heard += 1
+                    if heard == 10:
+                        break  # the speaker's tone reaches the bot
+                await vc.play(PcmSource.from_bytes(sine_pcm(0.5)))
+                await process.stdin.send_all(b"close 4015\n")
+                assert await lines.next() == {"ok": "close", "code": 4015}
+                # A 4015 (the voice server crashed) is resumed, not fatal.
+                await vc.wait_for(
+                    lambda: (
+                        vc.websocket_stats.closes.get(4015) == 1
+                        and vc.websocket_stats.resumes == 1
+                        and vc.is_connected
+                    )
+                )
+                await process.stdin.send_all(b"bogus\n")
+                assert "unknown command" in str((await lines.next())["error"])
+                await process.stdin.send_all(b"kick\n")
+                assert await lines.next() == {"ok": "kick"}
+                invalidation = await vc.wait_invalidated()
+                assert invalidation.reason is InvalidationReason.KICKED
+            process.send_signal(signal.SIGINT)
+            report = await lines.next()
+            assert await process.wait() == 0
+        heard_by = {entry["member"]: entry for entry in report["heard"]}  # type: ignore[attr-defined]
+        for name in ("listener-1", "listener-2"):
+            assert heard_by[name]["frames"] >= 25  # the half second the bot played
+            assert (tmp_path / f"{name}.wav").stat().st_size > 25 * 3840
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
