@@ -116,20 +116,31 @@ def _looks_like_dave(frame: bytes) -> bool:
 # --- the adapter: every davey call lives below ----------------------------------------------------
 
 
+def _davey_failure(exc: BaseException, action: str) -> DaveError | None:
+    """The :class:`DaveError` that stands for ``exc``, or None when ``exc`` is not davey's.
+
+    davey reports MLS failures as ValueError (and overflows, panics); pyo3 turns a Rust panic
+    into PanicException, a BaseException. Cancellations and our own DaveErrors pass as they are.
+    """
+    if isinstance(exc, DaveError):
+        return None
+    if isinstance(exc, Exception):
+        return DaveError(f"davey failed to {action}: {exc}")
+    if type(exc).__name__ == "PanicException":
+        return DaveError(f"davey panicked trying to {action}: {exc}")
+    return None
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
-    """davey reports MLS failures as ValueError (and overflows, panics); all become DaveError."""
+    """Every davey failure inside becomes a :class:`DaveError` (see :func:`_davey_failure`)."""
     try:
         yield
-    except DaveError:
-        raise
-    except Exception as exc:
-        raise DaveError(f"davey failed to {action}: {exc}") from exc
     except BaseException as exc:
-        # pyo3 turns a Rust panic into PanicException, a BaseException; nothing else is ours.
-        if type(exc).__name__ != "PanicException":
+        error = _davey_failure(exc, action)
+        if error is None:
             raise
-        raise DaveError(f"davey panicked trying to {action}: {exc}") from exc
+        raise error from exc
 
 
 @functools.cache
@@ -230,26 +241,20 @@ class _DaveySession:
     def encrypt_opus(self, frame: bytes) -> bytes:
         try:
             return self._session.encrypt_opus(frame)
-        except DaveError:
-            raise
-        except Exception as exc:
-            raise DaveError(f"davey failed to encrypt an Opus frame: {exc}") from exc
         except BaseException as exc:
-            if type(exc).__name__ != "PanicException":
+            error = _davey_failure(exc, "encrypt an Opus frame")
+            if error is None:
                 raise
-            raise DaveError(f"davey panicked trying to encrypt an Opus frame: {exc}") from exc
+            raise error from exc
 
     def decrypt_audio(self, user_id: int, frame: bytes) -> bytes:
         try:
             return self._session.decrypt(user_id, _audio_media_type(), frame)
-        except DaveError:
-            raise
-        except Exception as exc:
-            raise DaveError(f"davey failed to decrypt a frame: {exc}") from exc
         except BaseException as exc:
-            if type(exc).__name__ != "PanicException":
+            error = _davey_failure(exc, "decrypt a frame")
+            if error is None:
                 raise
-            raise DaveError(f"davey panicked trying to decrypt a frame: {exc}") from exc
+            raise error from exc
 
     def verification_code(self, user_id: int) -> str:
         with _translated("compute a verification code"):
