@@ -28,7 +28,6 @@ from typing import Any
 
 import trio
 
-# Sources for play() live in a private module until they are re-exported from discore_voice.
 from discore_voice import (
     BRIDGE_EVENTS,
     ForwardedBridge,

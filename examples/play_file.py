@@ -24,8 +24,6 @@ from pathlib import Path
 
 import trio
 
-# ``play()`` sources. They live in a private module until they are re-exported from
-# ``discore_voice``; this is the one import to change then.
 from discore_voice import Intents, PcmSource, open_audio_file, open_shard, voice_connection
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg"

@@ -21,7 +21,6 @@ import struct
 
 import trio
 
-# Sources for play() live in a private module until they are re-exported from discore_voice.
 from discore_voice import Connected, Intents, PcmSource, VoiceConnection, VoiceEvents, open_shard
 from discore_voice.testing import open_local_discord
 

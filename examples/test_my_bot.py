@@ -15,7 +15,6 @@ import struct
 import pytest
 import trio
 
-# Sources for play() live in a private module until they are re-exported from discore_voice.
 from discore_voice import Intents, PcmSource, Shard, open_shard, voice_connection
 from discore_voice.testing import open_local_discord
 
