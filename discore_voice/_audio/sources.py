@@ -240,8 +240,10 @@ class PcmSource(AudioSource):
     """48 kHz stereo s16le PCM, re-cut into 20 ms frames; the last one is padded with silence.
 
     Input arrives in blocks of any size (an async iterator may yield a few bytes at a time);
-    whatever does not fill a frame waits for the next block. ``volume`` applies to each frame
-    as it is taken, so a change is heard within one frame rather than after a queue drains.
+    whatever does not fill a frame waits for the next block. ``volume`` can change while it
+    plays: a connection applies it as it encodes each frame, two frames ahead of sending, so a
+    change is heard within 40 ms, not after the half second its send buffer holds. (Iterated
+    directly, the frames come out scaled.)
     """
 
     kind = SourceKind.PCM
@@ -250,6 +252,7 @@ class PcmSource(AudioSource):
         super().__init__(name)
         self._chunks = chunks
         self._volume = check_gain(volume)
+        self._gain_deferred = False
         self._pending = bytearray()
         self._eof = False
         self._closed = False
@@ -330,7 +333,15 @@ class PcmSource(AudioSource):
             self._closed = True
             raise StopAsyncIteration
         volume = self._volume
-        return frame if volume == 1.0 else apply_volume(frame, volume)
+        if self._gain_deferred or volume == 1.0:
+            return frame
+        return apply_volume(frame, volume)
+
+    def _defer_gain(self) -> None:
+        """Frames come out unscaled: the connection playing this source applies :attr:`volume`
+        as it encodes each frame, so a change is heard within the encode-ahead (40 ms), not
+        after everything buffered ahead of the encoder has played."""
+        self._gain_deferred = True
 
     async def aclose(self) -> None:
         """Stop reading: the next frame ends the iteration. Idempotent."""

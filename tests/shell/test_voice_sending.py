@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -400,6 +402,39 @@ async def test_play_volume_and_a_failing_source_keeps_what_was_queued() -> None:
             await env.wait_silence(10)  # the queued audio played, and its tail
     audio = [p for p in env.sent() if p.payload != OPUS_SILENCE_FRAME]
     assert len(audio) == 15
+
+
+async def test_a_volume_change_is_heard_within_two_frames() -> None:
+    """The gain is applied as frames are encoded (two ahead), not as the source is read into
+    the send buffer (half a second ahead): a change is heard within 40 ms."""
+    tone = sine_pcm(2.0, amplitude=0.8)
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            source = PcmSource.from_bytes(tone)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(vc.play, source)
+                await env.wait_packets(25)  # half a second at full level: the buffer is full
+                changed_at = vc.send_stats.frames_sent  # frames out when the volume changes
+                source.volume = 0.25
+            await env.wait_silence(5)
+    heard = channel(env.listener.heard_pcm(env.bot_id))
+    # Levels of 5 ms windows (240 samples a channel); decoding delays the audio by Opus's
+    # 6.5 ms look-ahead (312 samples), so the sent stream's sample n is heard at n + 312.
+    window, delay = 240, 312
+    levels = [
+        math.sqrt(sum(x * x for x in heard[i * window : (i + 1) * window]) / window)
+        for i in range(len(heard) // window)
+    ]
+    change = changed_at * 960 + delay  # where the frame sent next is heard
+    full = statistics.median(levels[20 : change // window])
+    assert all(level > 0.8 * full for level in levels[20 : change // window])  # nothing early
+    first_quiet = next(i for i in range(change // window, len(levels)) if levels[i] < 0.3 * full)
+    latency_ms = (first_quiet * window - change) / 48
+    assert latency_ms <= 40 + 5  # the two frames encoded ahead, to one window
+    assert all(0.2 * full < level < 0.3 * full for level in levels[first_quiet + 2 : 340])
 
 
 async def test_cancelling_play_ends_with_silence() -> None:

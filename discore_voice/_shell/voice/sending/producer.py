@@ -24,12 +24,12 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
 from ...._audio.opus import EncoderSettings, OpusEncoder
-from ...._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer
+from ...._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer, apply_volume
 from ...._errors import UsageError
 from .encoder_pool import EncodeJob, EncoderPool
 
@@ -67,11 +67,20 @@ class Wakeup:
         await self._event.wait()
 
 
+class _Gain(Protocol):
+    """What has a volume (a ``PcmSource``)."""
+
+    @property
+    def volume(self) -> float: ...
+
+
 class PcmProducer:
     """One connection's queued audio, PCM and Opus, and its encoder. ``wakeup`` is poked
     whenever audio is written, for the send task."""
 
     def __init__(self, buffer_size: int, settings: EncoderSettings, wakeup: Wakeup) -> None:
+        self.gain: _Gain | None = None
+        """The source ``play()`` plays, whose volume scales each frame as it is encoded."""
         self._buffer = PcmBuffer(buffer_size)
         capacity = self._buffer.capacity
         # At least the part of a frame a full buffer can leave over, or a writer would wait for
@@ -266,7 +275,7 @@ class PcmProducer:
             if offload:
                 took = self._submit(ahead - len(ready)) or took
                 break
-            pcm = self._buffer.read_frame()
+            pcm = self._read_frame()
             if pcm is None:
                 break
             took = True
@@ -284,11 +293,20 @@ class PcmProducer:
         if took:
             self.release()
 
+    def _read_frame(self) -> bytes | None:
+        """The next PCM frame to encode, at the playing source's volume as it is now."""
+        pcm = self._buffer.read_frame()
+        gain = self.gain
+        if pcm is None or gain is None:
+            return pcm
+        volume = gain.volume
+        return pcm if volume == 1.0 else apply_volume(pcm, volume)
+
     def _submit(self, count: int) -> bool:
         """Hand up to ``count`` PCM frames to a worker; False if there was none."""
         frames: list[bytes] = []
         while len(frames) < count:
-            pcm = self._buffer.read_frame()
+            pcm = self._read_frame()
             if pcm is None:
                 break
             frames.append(pcm)

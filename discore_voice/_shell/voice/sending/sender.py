@@ -22,7 +22,7 @@ import secrets
 import trio
 
 from ...._audio.opus import EncoderSettings
-from ...._audio.sources import AudioSource, SourceKind
+from ...._audio.sources import AudioSource, PcmSource, SourceKind
 from ...._core.pacing import Pacer
 from ...._errors import NativeLibraryMissing, UsageError
 from ...._native import load_opus, opus_load_attempted
@@ -119,6 +119,10 @@ class VoiceSender:
         pacer = self.stepper.pacer
         async with self._play_lock:
             start = pacer.stats.frames_sent
+            if isinstance(source, PcmSource):
+                # Its volume is applied as frames are encoded, two ahead: heard within 40 ms.
+                source._defer_gain()
+                producer.gain = source
             try:
                 if self._closed:
                     return 0
@@ -140,6 +144,7 @@ class VoiceSender:
                     self._wakeup.poke()
                 raise
             finally:
+                producer.gain = None
                 with trio.CancelScope(shield=True):
                     await source.aclose()
             return pacer.stats.frames_sent - start
