@@ -242,7 +242,8 @@ class PcmSource(AudioSource):
     Input arrives in blocks of any size (an async iterator may yield a few bytes at a time);
     whatever does not fill a frame waits for the next block. ``volume`` can change while it
     plays: a connection applies it as it encodes each frame, two frames ahead of sending, so a
-    change is heard within 40 ms, not after the half second its send buffer holds. (Iterated
+    change goes out two frames after the next one sent (40-60 ms, measured by
+    ``benchmarks/volume_latency.py``), not after the half second its send buffer holds. (Iterated
     directly, the frames come out scaled.)
     """
 
@@ -339,8 +340,8 @@ class PcmSource(AudioSource):
 
     def _defer_gain(self) -> None:
         """Frames come out unscaled: the connection playing this source applies :attr:`volume`
-        as it encodes each frame, so a change is heard within the encode-ahead (40 ms), not
-        after everything buffered ahead of the encoder has played."""
+        as it encodes each frame, so a change is heard after the two frames encoded ahead
+        (40-60 ms), not after everything buffered ahead of the encoder has played."""
         self._gain_deferred = True
 
     async def aclose(self) -> None:

@@ -406,7 +406,7 @@ async def test_play_volume_and_a_failing_source_keeps_what_was_queued() -> None:
 
 async def test_a_volume_change_is_heard_within_two_frames() -> None:
     """The gain is applied as frames are encoded (two ahead), not as the source is read into
-    the send buffer (half a second ahead): a change is heard within 40 ms."""
+    the send buffer (half a second ahead): a change is heard two frames after the next one sent."""
     tone = sine_pcm(2.0, amplitude=0.8)
     with trio.fail_after(WAIT):
         async with (

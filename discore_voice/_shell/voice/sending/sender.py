@@ -120,7 +120,7 @@ class VoiceSender:
         async with self._play_lock:
             start = pacer.stats.frames_sent
             if isinstance(source, PcmSource):
-                # Its volume is applied as frames are encoded, two ahead: heard within 40 ms.
+                # Its volume is applied as frames are encoded, two ahead: heard 40-60 ms later.
                 source._defer_gain()
                 producer.gain = source
             try:
