@@ -437,6 +437,26 @@ async def test_a_volume_change_is_heard_within_two_frames() -> None:
     assert all(0.2 * full < level < 0.3 * full for level in levels[first_quiet + 2 : 340])
 
 
+async def test_a_failing_source_leaves_its_queued_audio_at_its_volume() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield sine_pcm(0.4, amplitude=0.8)
+        raise OSError("the stream broke")
+
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            vc.paused = True  # so that what play() queued is still queued when it raises
+            with pytest.raises(OSError, match="broke"):
+                await vc.play(PcmSource.from_iterable(failing(), volume=0.25))
+            vc.paused = False
+            await env.wait_silence(5)
+    heard = channel(env.listener.heard_pcm(env.bot_id))
+    assert len(heard) >= 15 * 960  # the queued audio played after play() raised...
+    assert max(abs(x) for x in heard) < 0.3 * 32767  # ...at its volume (0.25 of 0.8)
+
+
 async def test_cancelling_play_ends_with_silence() -> None:
     with trio.fail_after(WAIT):
         async with (

@@ -81,6 +81,7 @@ class PcmProducer:
     def __init__(self, buffer_size: int, settings: EncoderSettings, wakeup: Wakeup) -> None:
         self.gain: _Gain | None = None
         """The source ``play()`` plays, whose volume scales each frame as it is encoded."""
+        self._gain_releasing = False  # play() ended: drop ``gain`` once its frames are out
         self._buffer = PcmBuffer(buffer_size)
         capacity = self._buffer.capacity
         # At least the part of a frame a full buffer can leave over, or a writer would wait for
@@ -293,12 +294,29 @@ class PcmProducer:
         if took:
             self.release()
 
+    def use_gain(self, gain: _Gain) -> None:
+        """``play()`` starts: ``gain.volume`` scales every frame from now on, as it is encoded."""
+        self.gain = gain
+        self._gain_releasing = False
+
+    def release_gain(self) -> None:
+        """``play()`` ended: its volume applies to what it queued, and to nothing after."""
+        if self._buffer.frames_ready:
+            self._gain_releasing = True
+        else:
+            self.gain = None
+
     def _read_frame(self) -> bytes | None:
         """The next PCM frame to encode, at the playing source's volume as it is now."""
         pcm = self._buffer.read_frame()
         gain = self.gain
-        if pcm is None or gain is None:
+        if gain is None:
             return pcm
+        if pcm is None:
+            if self._gain_releasing:
+                self.gain = None
+                self._gain_releasing = False
+            return None
         volume = gain.volume
         return pcm if volume == 1.0 else apply_volume(pcm, volume)
 

@@ -122,7 +122,7 @@ class VoiceSender:
             if isinstance(source, PcmSource):
                 # Its volume is applied as frames are encoded, two ahead: heard 40-60 ms later.
                 source._defer_gain()
-                producer.gain = source
+                producer.use_gain(source)
             try:
                 if self._closed:
                     return 0
@@ -144,7 +144,8 @@ class VoiceSender:
                     self._wakeup.poke()
                 raise
             finally:
-                producer.gain = None
+                # A source that failed leaves its queued frames to play on: at its volume.
+                producer.release_gain()
                 with trio.CancelScope(shield=True):
                     await source.aclose()
             return pacer.stats.frames_sent - start
