@@ -71,7 +71,7 @@ def run_command(discord: LocalDiscord, guild_id: Snowflake, line: str) -> dict[s
     words = line.split()
     if not words:
         return {"error": "an empty line; try 'help'"}
-    command, arguments = words[0].lower(), words[1:]
+    command, arguments = words[0].lower()[:40], words[1:]  # capped: echoed in answers
     if command == "help":
         return {"ok": "help", "commands": COMMANDS}
     bot = discord.bot.user_id
@@ -86,7 +86,9 @@ def run_command(discord: LocalDiscord, guild_id: Snowflake, line: str) -> dict[s
             discord.move_bot(guild_id, bot, target.id)
             return {"ok": "move", "channel_id": str(target.id)}
         elif command == "close" and len(arguments) == 1 and arguments[0].isdigit():
-            code = int(arguments[0])
+            code = int(arguments[0][:6])
+            if not 1000 <= code <= 4999:
+                return {"error": "close: a websocket close code is 1000 to 4999"}
             session = discord.voice.session_for(bot, guild_id)
             if session is None:
                 return {"error": "close: the bot has no voice websocket open"}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from discore_voice import (
@@ -18,6 +19,9 @@ from discore_voice import (
     voice_connection,
 )
 from discore_voice._audio.signals import sine_pcm
+from discore_voice._errors import UsageError
+from discore_voice.testing import open_local_discord
+from discore_voice.testing._control import run_command
 
 from .conftest import ConnectGateway
 
@@ -176,3 +180,30 @@ async def test_members_listen_and_speak_faults_come_from_stdin_and_exit_reports(
         for pipe in (process.stdin, process.stdout, process.stderr):
             if pipe is not None:
                 await pipe.aclose()
+
+
+async def test_hostile_control_lines_get_an_error_answer_never_an_exception() -> None:
+    async with open_local_discord(dave="off") as discord:
+        guild = discord.add_guild()
+        for line in [
+            "",
+            "   ",
+            "close",
+            "close 99999999999999",
+            "close 12",
+            "close -1",
+            "kick now",
+            "\x00\xff",
+            "x" * 500,
+            "move",
+            "delete-channel",
+        ]:
+            answer = run_command(discord, guild.id, line)
+            assert set(answer) == {"error"} and len(str(answer["error"])) < 300, (line, answer)
+        assert run_command(discord, guild.id, "HELP")["ok"] == "help"
+
+
+async def test_connect_timeout_must_be_a_number() -> None:
+    with pytest.raises(UsageError, match="connect_timeout"):
+        async with open_shard("a.b.c", intents=Intents.VOICE_DEFAULT, connect_timeout="10"):  # type: ignore[arg-type]
+            raise AssertionError("must not open")

@@ -782,8 +782,12 @@ async def open_shard(
     build_gateway_url(gateway_url)  # validates: UsageError for anything but ws:// or wss://
     if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
         raise UsageError("ssl_context must be an ssl.SSLContext")
-    if not connect_timeout > 0:
-        raise UsageError("connect_timeout must be positive")
+    if (
+        isinstance(connect_timeout, bool)
+        or not isinstance(connect_timeout, int | float)
+        or not connect_timeout > 0
+    ):
+        raise UsageError("connect_timeout must be a positive number of seconds")
     shard = Shard(
         token,
         intents=Intents(intents),
