@@ -158,7 +158,6 @@ class VoiceReceiver:
         self._running = False
         self._tick = 0
         self._asleep_since: float | None = None  # the last tick's time, while the task sleeps
-        self._busy = False  # the last tick handed out slots or events
 
     def __repr__(self) -> str:
         state = "receiving" if self._running else "stopped"
@@ -301,9 +300,7 @@ class VoiceReceiver:
             last_tick = trio.current_time()
             while self._connection.is_valid:
                 next_tick = last_tick + TICK_SECONDS
-                # Whether to sleep: asked only after a tick that handed out nothing (checking
-                # every member's buffer on every tick of a busy call would cost a scan a tick).
-                if not self._busy and pipeline.quiet and not self._needs_clock():
+                if pipeline.quiet and not self._needs_clock():
                     self._asleep_since = last_tick
                     try:
                         await tap.wait_for_media()
@@ -334,9 +331,7 @@ class VoiceReceiver:
                 now = trio.current_time()
                 try:
                     tap.pump(now)
-                    result = pipeline.tick(now)
-                    self._busy = bool(result.slots or result.events)
-                    self._deliver(result)
+                    self._deliver(pipeline.tick(now))
                 except Exception:
                     # A bug here must not take the user's block down with it; the audio of
                     # this tick is lost, counted, and the next tick tries again.
