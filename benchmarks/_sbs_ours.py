@@ -153,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict:
             else:
                 assert packets is not None
                 source = OpusPackets(packets)
-            frames = await vc.play(source)
+            frames = (await vc.play(source)).frames
             played.append(frames)
             if len(played) == len(guilds):
                 finished.set()

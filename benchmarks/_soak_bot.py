@@ -387,7 +387,7 @@ class SoakBot:
         if slot.kind == "opus":
             while vc.is_valid:
                 started = now()
-                frames = await vc.play(OggOpusSource.from_file(self.ogg_path))
+                frames = (await vc.play(OggOpusSource.from_file(self.ogg_path))).frames
                 if vc.is_valid and frames == 0 and now() - started < 0.5:
                     self.record("play_returned_early", g=slot.index)
                     await trio.sleep(0.5)

@@ -36,6 +36,8 @@ from ._core.gateway.guilds import ChannelCheck, ChannelVerdict
 from ._core.gateway.intents import PRIVILEGED_INTENTS, Intents
 from ._core.gateway.limits import IdentifyLimiter
 from ._core.pcm_buffer import PCM_BLOCK_SIZE, VoiceBufferFull
+from ._core.player.events import TrackEnd, TrackEnded, TrackOutcome, TrackStarted
+from ._core.player.mixing import Ducking
 from ._core.receive.events import (
     ReceivedAudio,
     ReceiveEvent,
@@ -84,6 +86,8 @@ from ._shell.voice.connection import (
     VoiceEvents,
     voice_connection,
 )
+from ._shell.voice.player.queue import QueueLoop, TrackQueue
+from ._shell.voice.player.track import TrackHandle, TrackState
 from ._shell.voice.receive.receiver import MixedAudio, VoiceReceiver
 from ._shell.voice.receive.recorder import Recording, RecordingStats, record
 from ._shell.voice.receive.stream import AudioStream
@@ -116,6 +120,7 @@ __all__ = [
     "DecryptionFailed",
     "DisallowedIntents",
     "DiscoreVoiceError",
+    "Ducking",
     "EncoderSettings",
     "EncryptionError",
     "ForwardedBridge",
@@ -144,6 +149,7 @@ __all__ = [
     "OpusError",
     "PcmSource",
     "ProtocolError",
+    "QueueLoop",
     "ReceiveEvent",
     "ReceiveStats",
     "ReceivedAudio",
@@ -159,6 +165,13 @@ __all__ = [
     "SpeakingStarted",
     "SpeakingStopped",
     "Subscription",
+    "TrackEnd",
+    "TrackEnded",
+    "TrackHandle",
+    "TrackOutcome",
+    "TrackQueue",
+    "TrackStarted",
+    "TrackState",
     "UdpStats",
     "UnknownOpcode",
     "UnsupportedAudio",

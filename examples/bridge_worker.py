@@ -84,8 +84,8 @@ async def worker(port: int, user_id: int, guild_id: int, channel_id: int) -> Non
                 nursery.start_soon(forward_dispatches, bridge)
                 async with voice_connection(bridge, guild_id, channel_id) as vc:
                     print(f"worker: connected through the bridge ({vc.encryption_mode})")
-                    frames = await vc.play(PcmSource.from_bytes(tone(), name="tone"))
-                    print(f"worker: played {frames} frames; leaving")
+                    end = await vc.play(PcmSource.from_bytes(tone(), name="tone"))
+                    print(f"worker: played {end.frames} frames ({end.outcome.value}); leaving")
                 # Leaving sent op 4 with a null channel through the bridge; we are done.
                 nursery.cancel_scope.cancel()
 

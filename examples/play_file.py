@@ -40,7 +40,8 @@ async def play_file(
         voice_connection(shard, guild_id, channel_id) as vc,
     ):
         print(f"connected to channel {vc.channel_id} ({vc.encryption_mode})")
-        frames = await vc.play(source)  # returns once the last frame went out
+        end = await vc.play(source)  # returns once the last frame went out
+        frames = end.frames
         print(f"played {frames} frames ({frames * 0.02:.2f} s) of {path.name}")
     return frames
 

@@ -32,7 +32,8 @@ def chime(seconds: float = 0.5, hertz: float = 880.0) -> bytes:
 async def greet(shard: Shard, guild_id: int, channel_id: int) -> int:
     """The bot's feature: join, play the chime, leave. Returns the frames it sent."""
     async with voice_connection(shard, guild_id, channel_id) as vc:
-        return await vc.play(PcmSource.from_bytes(chime(), name="chime"))
+        end = await vc.play(PcmSource.from_bytes(chime(), name="chime"))
+        return end.frames
 
 
 # --- its test ------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ __all__ = [
     "OpusHead",
     "UnsupportedAudio",
     "build_ogg_page",
+    "last_granule_position",
     "ogg_crc32",
     "opus_packet_frames",
     "opus_packet_samples",
@@ -648,3 +649,23 @@ class OggOpusReader:
                 f"OpusHead declares {channels} channels with mapping family 0, which allows 2"
             )
         return OpusHead(version, channels, pre_skip, rate, gain, family)
+
+
+def last_granule_position(tail: bytes) -> int | None:
+    """The granule position of the last complete page header in ``tail`` (a file's end), if any.
+
+    What a player reads to learn an Ogg Opus file's length without parsing it all: the last
+    page's granule position is the stream's length in 48 kHz samples, pre-skip included
+    (RFC 7845 section 4). ``-1`` (no packet ends on the page) and damaged headers are passed over.
+    """
+    end = len(tail)
+    while True:
+        start = tail.rfind(b"OggS", 0, end)
+        if start < 0:
+            return None
+        header = tail[start : start + 27]
+        if len(header) == 27 and header[4] == 0:
+            granule = int.from_bytes(header[6:14], "little", signed=True)
+            if granule >= 0:
+                return granule
+        end = start

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import enum
 import io
+import math
 import os
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterator
@@ -30,7 +31,14 @@ import trio
 
 from .._core.pcm_buffer import BYTES_PER_SAMPLE, PCM_BLOCK_SIZE, apply_volume, check_gain
 from .._errors import NativeLibraryMissing, UsageError
-from .ogg import AudioSourceError, OggFormatError, OggOpusReader, UnsupportedAudio
+from .ogg import (
+    OPUS_FRAME_SAMPLES,
+    AudioSourceError,
+    OggFormatError,
+    OggOpusReader,
+    UnsupportedAudio,
+    last_granule_position,
+)
 from .opus import OpusDecoder
 
 __all__ = [
@@ -53,6 +61,8 @@ AV_INSTALL_COMMAND: Final = "python -m pip install 'discore-voice[av]'"
 _PCM_READ_SIZE: Final = 25 * PCM_BLOCK_SIZE
 # Ogg pages are read 64 KiB at a time: about four seconds of 128 kbps Opus per hop.
 _OGG_READ_SIZE: Final = 64 * 1024
+# An Ogg page is at most 65 307 bytes, so the last 64 KiB hold the last page's header.
+_TAIL_BYTES: Final = 64 * 1024
 _SAMPLE_RATE: Final = 48_000
 
 PathLike = str | os.PathLike[str]
@@ -82,6 +92,8 @@ class AudioSource(abc.ABC):
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._playing = False  # a track plays it now
+        self._played = False  # a track started it once: it must rewind to play again
 
     @property
     def name(self) -> str:
@@ -92,6 +104,25 @@ class AudioSource(abc.ABC):
     def needs_encoding(self) -> bool:
         """True for PCM, which the connection encodes; Opus sources pass straight through."""
         return self.kind is SourceKind.PCM
+
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`seek` works: files and bytes can, streams cannot."""
+        return False
+
+    @property
+    def duration(self) -> float | None:
+        """Its length in seconds, once known (a stream's never is)."""
+        return None
+
+    async def seek(self, seconds: float) -> None:
+        """Continue from ``seconds`` into the audio (0 rewinds, even after the end or
+        :meth:`aclose`: a seekable source reopens what it needs).
+
+        Past the end, the next frame ends the iteration. A source that cannot seek raises
+        :class:`UsageError`, as does a negative or non-finite position.
+        """
+        raise UsageError(f"{self._name} is a stream and cannot seek")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r}>"
@@ -119,6 +150,21 @@ class AudioSource(abc.ABC):
         await self.aclose()
 
 
+def check_position(seconds: object) -> float:
+    """A seek target: a finite, non-negative number of seconds."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise UsageError(f"a position must be a number of seconds, got {type(seconds).__name__}")
+    value = float(seconds)
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"a position must be a finite number of seconds >= 0, got {seconds!r}")
+    return value
+
+
+def _frame_offset(seconds: float) -> int:
+    """The byte offset of the 20 ms PCM frame ``seconds`` falls in."""
+    return int(seconds * 50) * PCM_BLOCK_SIZE
+
+
 def _source_name(path: PathLike) -> str:
     return os.fspath(path)
 
@@ -139,6 +185,13 @@ def _read_at(path: PathLike, offset: int, size: int) -> tuple[bytes, int]:
         total = os.fstat(file.fileno()).st_size
         file.seek(offset)
         return file.read(size), total
+
+
+def _read_tail(path: PathLike) -> bytes:
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        file.seek(max(0, size - _TAIL_BYTES))
+        return file.read(_TAIL_BYTES)
 
 
 def _as_chunk(item: object, name: str) -> bytes:
@@ -166,6 +219,16 @@ class _BytesChunks:
         self._offset = 0
         self._size = size
 
+    @property
+    def length(self) -> int:
+        return len(self._data)
+
+    def rewind(self, offset: int) -> None:
+        self._offset = offset
+
+    def tail(self) -> bytes:
+        return self._data[-_TAIL_BYTES:].tobytes()
+
     async def read(self) -> bytes:
         start = self._offset
         self._offset = start + self._size
@@ -183,6 +246,7 @@ class _FileChunks:
         self._size = size
         self._whole_samples = whole_samples
         self._done = False
+        self.length: int | None = None  # the file's size, once read
 
     async def read(self) -> bytes:
         if self._done:
@@ -203,12 +267,23 @@ class _FileChunks:
                 "samples; raw PCM files must be 48 kHz, 16-bit, stereo, without a header",
             )
         self._offset += len(data)
+        self.length = total
         if not data:
             self._done = True
         return data
 
     async def close(self) -> None:
         self._done = True
+
+    def rewind(self, offset: int) -> None:
+        self._offset = offset
+        self._done = False
+
+    async def read_tail(self) -> bytes:
+        try:
+            return await trio.to_thread.run_sync(_read_tail, self._path)
+        except OSError as exc:
+            raise _file_error(self._name, exc) from exc
 
 
 class _IterChunks:
@@ -289,6 +364,56 @@ class PcmSource(AudioSource):
             )
         return cls(_IterChunks(chunks, name), name=name, volume=volume)
 
+    @classmethod
+    def from_channel(
+        cls,
+        channel: trio.MemoryReceiveChannel[bytes],
+        *,
+        volume: float = 1.0,
+        name: str = "<PCM channel>",
+    ) -> Self:
+        """Play the PCM blocks sent into a trio memory channel, until its sending side closes.
+
+        The connection reads a few frames ahead and no further, so a producer sending into a
+        bounded channel (``trio.open_memory_channel(0)``) is held back to real time: it can
+        stream a TTS engine's output without buffering all of it.
+        """
+        if not isinstance(channel, trio.MemoryReceiveChannel):
+            raise UsageError(
+                f"from_channel() needs a trio.MemoryReceiveChannel, got {type(channel).__name__}"
+            )
+        return cls(_IterChunks(channel, name), name=name, volume=volume)
+
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`seek` works: files and bytes can, streams cannot."""
+        return isinstance(self._chunks, _BytesChunks | _FileChunks | _SeekableChunks)
+
+    @property
+    def duration(self) -> float | None:
+        """Its length in seconds, once known (for a file, after its first read)."""
+        chunks = self._chunks
+        if isinstance(chunks, _SeekableChunks):
+            return chunks.duration
+        if isinstance(chunks, _BytesChunks | _FileChunks) and chunks.length is not None:
+            return chunks.length / (PCM_BLOCK_SIZE * 50)
+        return None
+
+    async def seek(self, seconds: float) -> None:
+        """Continue from the 20 ms frame that ``seconds`` falls in (0 rewinds, even after the
+        end); see :meth:`AudioSource.seek`."""
+        position = check_position(seconds)
+        chunks = self._chunks
+        if isinstance(chunks, _BytesChunks | _FileChunks):
+            chunks.rewind(_frame_offset(position))
+        elif isinstance(chunks, _SeekableChunks):
+            await chunks.seek_to(position)
+        else:
+            await super().seek(position)
+        self._pending.clear()
+        self._eof = False
+        self._closed = False
+
     @property
     def volume(self) -> float:
         """Linear gain: 1.0 unchanged, 0.5 about -6 dB, 0.0 mute; loud samples clip."""
@@ -351,6 +476,17 @@ class PcmSource(AudioSource):
         await self._chunks.close()
 
 
+class _SeekableChunks(abc.ABC):
+    """Chunks that can start again at a time (decoders): the PCM source delegates its seeks."""
+
+    @property
+    @abc.abstractmethod
+    def duration(self) -> float | None: ...
+
+    @abc.abstractmethod
+    async def seek_to(self, seconds: float) -> None: ...
+
+
 class OggOpusSource(AudioSource):
     """The Opus packets of an Ogg Opus file, byte for byte: no decoding, no re-encoding.
 
@@ -361,13 +497,16 @@ class OggOpusSource(AudioSource):
 
     kind = SourceKind.OPUS
 
-    def __init__(self, chunks: _Chunks, *, name: str) -> None:
+    def __init__(self, chunks: _BytesChunks | _FileChunks, *, name: str) -> None:
         super().__init__(name)
         self._chunks = chunks
         self._reader = OggOpusReader(name)
         self._packets: deque[bytes] = deque()
         self._eof = False
         self._closed = False
+        self._to_drop = 0  # packets before a seek target, still to pass over
+        self._last_granule: int | None = None
+        self._length_known = False
 
     @classmethod
     def from_file(cls, path: PathLike) -> Self:
@@ -380,22 +519,67 @@ class OggOpusSource(AudioSource):
         """An Ogg Opus file already in memory; ``name`` labels it in error messages."""
         return cls(_BytesChunks(_as_chunk(data, name), _OGG_READ_SIZE), name=name)
 
+    @property
+    def seekable(self) -> bool:
+        """Always: seeking reads the file again from its start, counting granule positions."""
+        return True
+
+    @property
+    def duration(self) -> float | None:
+        """The last page's granule position less the pre-skip, once the head was read."""
+        head = self._reader.head
+        if self._last_granule is None or head is None:
+            return None
+        return max(0, self._last_granule - head.pre_skip) / _SAMPLE_RATE
+
+    async def seek(self, seconds: float) -> None:
+        """Continue from the packet holding ``seconds`` (see :meth:`AudioSource.seek`).
+
+        The target's granule position is the pre-skip plus ``seconds`` at 48 kHz; every packet
+        is 20 ms (960 granules), so the packets before it are counted off as the file is read
+        again from its start: cheap next to decoding, and exact.
+        """
+        position = check_position(seconds)
+        head = self._reader.head
+        pre_skip = head.pre_skip if head is not None else 0
+        self._reader = OggOpusReader(self._name)
+        self._chunks.rewind(0)
+        self._packets.clear()
+        self._eof = False
+        self._closed = False
+        target = pre_skip + round(position * _SAMPLE_RATE)
+        self._to_drop = target // OPUS_FRAME_SAMPLES if position else 0
+
+    async def _learn_length(self) -> None:
+        self._length_known = True
+        chunks = self._chunks
+        tail = await chunks.read_tail() if isinstance(chunks, _FileChunks) else chunks.tail()
+        self._last_granule = last_granule_position(tail)
+
     async def __anext__(self) -> bytes:
         packets = self._packets
-        while not packets:
-            if self._closed or self._eof:
-                raise StopAsyncIteration
-            try:
-                chunk = await self._chunks.read()
-                if chunk:
-                    packets.extend(self._reader.feed(chunk))
-                else:
-                    self._eof = True
-                    self._reader.close()
-            except BaseException:
-                self._closed = True
-                raise
-        return packets.popleft()
+        while True:
+            while not packets:
+                if self._closed or self._eof:
+                    raise StopAsyncIteration
+                try:
+                    if not self._length_known:
+                        await self._learn_length()
+                    chunk = await self._chunks.read()
+                    if chunk:
+                        packets.extend(self._reader.feed(chunk))
+                    else:
+                        self._eof = True
+                        self._reader.close()
+                except BaseException:
+                    self._closed = True
+                    raise
+            if not self._to_drop:
+                return packets.popleft()
+            dropped = min(self._to_drop, len(packets))
+            for _ in range(dropped):
+                packets.popleft()
+            self._to_drop -= dropped
 
     async def aclose(self) -> None:
         """Stop reading: the next frame ends the iteration. Idempotent."""
@@ -414,13 +598,25 @@ class OggOpusSource(AudioSource):
         return PcmSource(_DecodedOpusChunks(self), name=self.name, volume=check_gain(volume))
 
 
-class _DecodedOpusChunks:
+class _DecodedOpusChunks(_SeekableChunks):
     """PCM from an :class:`OggOpusSource`'s packets, about half a second per read."""
 
     def __init__(self, source: OggOpusSource) -> None:
         self._source = source
         self._decoder: OpusDecoder | None = None
         self._to_skip: int | None = None  # bytes of pre-skip still to drop
+
+    @property
+    def duration(self) -> float | None:
+        return self._source.duration
+
+    async def seek_to(self, seconds: float) -> None:
+        await self._source.seek(seconds)
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        # From the start, the pre-skip is trimmed again; elsewhere the packets are exact.
+        self._to_skip = None if seconds == 0 else 0
 
     async def read(self) -> bytes:
         packets: list[bytes] = []
@@ -432,6 +628,7 @@ class _DecodedOpusChunks:
             return b""
         if self._decoder is None:
             self._decoder = OpusDecoder()
+        if self._to_skip is None:
             head = self._source._reader.head
             self._to_skip = (head.pre_skip if head is not None else 0) * BYTES_PER_SAMPLE
         pcm = await trio.to_thread.run_sync(_decode_all, self._decoder, packets)
@@ -493,11 +690,14 @@ def _probe(av: Any, target: _AvTarget, name: str) -> None:
         blocks.close()
 
 
-def _decode_blocks(av: Any, target: _AvTarget, name: str) -> Generator[bytes, None, None]:
+def _decode_blocks(
+    av: Any, target: _AvTarget, name: str, start: float = 0.0, facts: _AvFacts | None = None
+) -> Generator[bytes, None, None]:
     """Decode and resample to 48 kHz stereo s16 in a worker; yields about half a second a time.
 
     A generator, so the container stays open between thread hops and is closed by the
-    generator's ``finally`` (from :meth:`AvSource.aclose`, or at garbage collection).
+    generator's ``finally`` (from :meth:`AvSource.aclose`, or at garbage collection). ``start``
+    seeks the demuxer to the keyframe before it, then drops the samples decoded before it.
     """
     av_errors = (av.FFmpegError, OSError, ValueError, IndexError)
     container = _open_container(av, target, name)
@@ -505,24 +705,44 @@ def _decode_blocks(av: Any, target: _AvTarget, name: str) -> Generator[bytes, No
         if not container.streams.audio:
             raise UnsupportedAudio(name, "has no audio stream")
         stream = container.streams.audio[0]
+        if facts is not None and container.duration is not None:
+            facts.duration = container.duration / 1_000_000  # AV_TIME_BASE
         resampler = av.AudioResampler(format="s16", layout="stereo", rate=_SAMPLE_RATE)
         block = bytearray()
+        to_drop: int | None = None if start else 0  # bytes decoded before ``start``
         try:
+            if start:
+                container.seek(int(start * 1_000_000))  # AV_TIME_BASE, to the keyframe before
             for frame in container.decode(stream):
+                if to_drop is None:
+                    began = float(frame.time) if frame.time is not None else 0.0
+                    to_drop = max(0, round((start - began) * _SAMPLE_RATE)) * BYTES_PER_SAMPLE
                 for out in resampler.resample(frame):
                     # A plane may be padded past its samples for alignment: cut it to size.
                     block += bytes(out.planes[0])[: out.samples * BYTES_PER_SAMPLE]
+                if to_drop:
+                    dropped = min(to_drop, len(block))
+                    del block[:dropped]
+                    to_drop -= dropped
                 if len(block) >= _PCM_READ_SIZE:
                     yield bytes(block)
                     block.clear()
             for out in resampler.resample(None):
                 block += bytes(out.planes[0])[: out.samples * BYTES_PER_SAMPLE]
+            if to_drop:
+                del block[:to_drop]
         except av_errors as exc:
             raise AudioSourceError(name, f"PyAV cannot decode it: {exc}") from None
         if block:
             yield bytes(block)
     finally:
         container.close()
+
+
+class _AvFacts:
+    """What the decoder learned about the file, written from its worker thread."""
+
+    duration: float | None = None
 
 
 def _next_block(blocks: Iterator[bytes]) -> bytes:
@@ -533,19 +753,27 @@ def _next_block(blocks: Iterator[bytes]) -> bytes:
 _AvTarget = str | os.PathLike[str] | bytes | io.BytesIO
 
 
-class _AvChunks:
+class _AvChunks(_SeekableChunks):
     def __init__(self, av: ModuleType, path: _AvTarget, name: str) -> None:
         self._blocks: Iterator[bytes] | None = None
         self._av = av
         self._path = path
         self._name = name
         self._done = False
+        self._start = 0.0
+        self._facts = _AvFacts()
+
+    @property
+    def duration(self) -> float | None:
+        return self._facts.duration
 
     async def read(self) -> bytes:
         if self._done:
             return b""
         if self._blocks is None:
-            self._blocks = _decode_blocks(self._av, self._path, self._name)
+            self._blocks = _decode_blocks(
+                self._av, self._path, self._name, self._start, self._facts
+            )
         try:
             block = await trio.to_thread.run_sync(_next_block, self._blocks)
         except BaseException:
@@ -554,6 +782,11 @@ class _AvChunks:
         if not block:
             self._done = True
         return block
+
+    async def seek_to(self, seconds: float) -> None:
+        await self.close()
+        self._start = seconds
+        self._done = False
 
     async def close(self) -> None:
         self._done = True

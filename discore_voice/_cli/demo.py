@@ -169,7 +169,8 @@ async def _demo(seconds: float, wav: Path) -> _Report:
                 _progress(0, seconds)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_show_progress, vc, seconds)
-                    frames_sent = await vc.play(PcmSource.from_bytes(clip, name="demo clip"))
+                    end = await vc.play(PcmSource.from_bytes(clip, name="demo clip"))
+                    frames_sent = end.frames
                     nursery.cancel_scope.cancel()
                 _progress(seconds, seconds, done=True)
                 with trio.fail_after(10):

@@ -48,7 +48,7 @@ async def _play(target: Target, source: AudioSource) -> None:
     async with joined(target) as vc:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_show_progress, vc, source.name)
-            frames = await vc.play(source)
+            frames = (await vc.play(source)).frames
             nursery.cancel_scope.cancel()
         say(f"\nplayed {frames * FRAME_SECONDS:.1f} s of {source.name}; leaving")
 

@@ -182,7 +182,7 @@ async def play(env: Env, vc: VoiceConnection, frames: list[bytes]) -> list[bytes
     before = len(env.sent())
     silence = vc.send_stats.silence_frames
     with trio.fail_after(WAIT):
-        assert await vc.play(opus_source(frames)) == len(frames)
+        assert (await vc.play(opus_source(frames))).frames == len(frames)
     await until(env, vc, all_arrived(env, vc, silence_at_least=silence + TAIL))
     run = env.sent()[before:]
     assert run[len(frames) :] == [OPUS_SILENCE_FRAME] * TAIL

@@ -23,6 +23,7 @@ from discore_voice._audio.sources import OggOpusSource, PcmSource
 from discore_voice._core.gateway.intents import Intents
 from discore_voice._core.pacing import FRAME_INTERVAL
 from discore_voice._core.pcm_buffer import VoiceBufferFull
+from discore_voice._core.player.events import TrackOutcome
 from discore_voice._core.rtp import SAMPLES_PER_FRAME, sequence_distance, timestamp_distance
 from discore_voice._core.speaking import OPUS_SILENCE_FRAME, SpeakingFlags
 from discore_voice._core.voice.events import Invalidated, InvalidationReason
@@ -169,7 +170,7 @@ async def test_ogg_opus_passthrough_is_byte_identical(dave: DaveMode) -> None:
                 # Frames sent before the group exists go out unencrypted (DAVE passthrough),
                 # which a member of a DAVE call cannot accept: start once it is ready.
                 await vc.wait_for(lambda: vc.voice_privacy_code is not None)
-            assert await vc.play(source) == len(packets)
+            assert (await vc.play(source)).frames == len(packets)
             await env.wait_silence(5)
             assert vc.send_stats.frames_encoded == 0  # the encoder never ran
             await env.voice.wait_for(lambda: len(env.heard()) >= len(packets) + 5)
@@ -340,7 +341,10 @@ async def test_buffer_semantics() -> None:
                 assert vc.bytes_to_send == 0
                 vc.paused = False
                 await vc.set_speaking(True)
-                assert await vc.play(PcmSource.from_bytes(sine_pcm(0.1))) == 0
+                end = await vc.play(PcmSource.from_bytes(sine_pcm(0.1)))
+                assert end.outcome is TrackOutcome.INVALIDATED
+                assert end.invalidation == vc.invalidation
+                assert end.frames == 0
 
 
 async def test_bad_arguments() -> None:
@@ -389,7 +393,7 @@ async def test_play_volume_and_a_failing_source_keeps_what_was_queued() -> None:
             voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
         ):
             played = await vc.play(PcmSource.from_bytes(sine_pcm(0.2, amplitude=0.8), volume=0.25))
-            assert played == 10
+            assert played.frames == 10
             await env.wait_silence(5)
             loud = max(abs(s) for s in channel(env.listener.heard_pcm(env.bot_id)))
             assert 0.15 * 32767 < loud < 0.25 * 32767
@@ -437,7 +441,7 @@ async def test_a_volume_change_is_heard_within_two_frames() -> None:
     assert all(0.2 * full < level < 0.3 * full for level in levels[first_quiet + 2 : 340])
 
 
-async def test_a_failing_source_leaves_its_queued_audio_at_its_volume() -> None:
+async def test_a_failing_source_plays_what_it_delivered_at_its_volume() -> None:
     async def failing() -> AsyncIterator[bytes]:
         yield sine_pcm(0.4, amplitude=0.8)
         raise OSError("the stream broke")
@@ -447,14 +451,17 @@ async def test_a_failing_source_leaves_its_queued_audio_at_its_volume() -> None:
             environment() as env,
             voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
         ):
-            vc.paused = True  # so that what play() queued is still queued when it raises
+            track = vc.start_track(PcmSource.from_iterable(failing(), volume=0.25))
+            end = await track
+            assert end.outcome is TrackOutcome.FAILED
+            assert isinstance(end.error, OSError)
+            assert end.frames == 20
             with pytest.raises(OSError, match="broke"):
                 await vc.play(PcmSource.from_iterable(failing(), volume=0.25))
-            vc.paused = False
             await env.wait_silence(5)
     heard = channel(env.listener.heard_pcm(env.bot_id))
-    assert len(heard) >= 15 * 960  # the queued audio played after play() raised...
-    assert max(abs(x) for x in heard) < 0.3 * 32767  # ...at its volume (0.25 of 0.8)
+    assert len(heard) >= 40 * 960  # both tracks' audio played before their errors...
+    assert max(abs(x) for x in heard) < 0.3 * 32767  # ...at their volume (0.25 of 0.8)
 
 
 async def test_cancelling_play_ends_with_silence() -> None:
@@ -467,7 +474,8 @@ async def test_cancelling_play_ends_with_silence() -> None:
             with trio.move_on_after(0.3) as scope:
                 await vc.play(source)
             assert scope.cancelled_caught
-            assert vc.bytes_to_send == 0
+            assert vc.tracks == ()
+            assert vc.bytes_to_send <= BLOCK  # at most the one frame encoded ahead
             await env.wait_silence(5)
             sent = env.sent()
     assert all(p.payload == OPUS_SILENCE_FRAME for p in sent[-5:])

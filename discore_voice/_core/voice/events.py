@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from ..player.events import TrackEnded, TrackStarted
 from ..snowflake import Snowflake
 
 __all__ = [
@@ -117,4 +118,6 @@ VoiceEvent: TypeAlias = (
     | MemberConnected
     | MemberDisconnected
     | DaveStateChanged
+    | TrackStarted
+    | TrackEnded
 )

@@ -39,6 +39,8 @@ from ..._core.gateway.voice import (
     VOICE_STATE_UPDATE,
 )
 from ..._core.pcm_buffer import PCM_BLOCK_SIZE
+from ..._core.player.events import TrackEnd
+from ..._core.player.mixing import Ducking
 from ..._core.receive.stats import ReceiveStats
 from ..._core.snowflake import Snowflake, validate_snowflake
 from ..._core.speaking import SpeakingFlags
@@ -62,6 +64,8 @@ from .messages import (
     TaskFailed,
     UpdateVoiceState,
 )
+from .player.queue import TrackQueue
+from .player.track import TrackHandle
 from .receive.receiver import DEFAULT_DEPTH, VoiceReceiver, check_depth
 from .sending.producer import DEFAULT_BUFFER_SIZE
 from .sending.sender import VoiceSender
@@ -591,13 +595,77 @@ class VoiceConnection:
     def paused(self, value: bool) -> None:
         self._sender.paused = value
 
-    async def play(self, source: AudioSource) -> int:
-        """Play ``source`` to its end; returns the audio frames sent meanwhile.
+    # --- the player ---------------------------------------------------------------------------
 
-        Cancelling it drops what it queued and ends with five silence frames. A source that
-        fails raises its error, naming it; what was already queued keeps playing.
+    def start_track(
+        self,
+        source: AudioSource,
+        *,
+        volume: float = 1.0,
+        loops: int | None = 0,
+        ducks_others: bool = False,
+    ) -> TrackHandle:
+        """Start playing ``source`` now, mixed with whatever else plays; its handle, at once.
+
+        Any number of tracks play together (music, an effect over it, speech over both), each
+        at its own ``volume``; ``loops`` plays it that many more times (None: until stopped);
+        ``ducks_others`` lowers the other tracks while it plays, as :attr:`ducking` says.
+        ``await`` the handle for its :class:`TrackEnd`. On an invalid connection the handle
+        has already ended ``INVALIDATED``; a source already playing raises
+        :class:`UsageError`.
         """
-        return await self._sender.play(source)
+        player = self._sender.player
+        track = player.new_track(source, volume=volume, loops=loops, ducks_others=ducks_others)
+        return player.start(track)
+
+    async def play(
+        self,
+        source: AudioSource,
+        *,
+        volume: float = 1.0,
+        loops: int | None = 0,
+        ducks_others: bool = False,
+    ) -> TrackEnd:
+        """Play ``source`` to its end (as :meth:`start_track`, then wait); its :class:`TrackEnd`.
+
+        The outcome is explicit: ``FINISHED``, or ``INVALIDATED`` with the connection's reason
+        if it ended first (a kicked bot's playlist loop must check it, or use :attr:`queue`).
+        A source that fails raises its error, naming it, after what it delivered was heard.
+        Cancelling ``play()`` stops the track.
+        """
+        player = self._sender.player
+        track = player.new_track(source, volume=volume, loops=loops, ducks_others=ducks_others)
+        return await player.play(track)
+
+    @property
+    def tracks(self) -> tuple[TrackHandle, ...]:
+        """The tracks playing (or paused, or preloaded) now, in the order they started."""
+        return self._sender.player.tracks
+
+    @property
+    def queue(self) -> TrackQueue:
+        """Tracks played one after another, gapless: enqueue, skip, remove, shuffle, loop."""
+        return self._sender.queue
+
+    @property
+    def is_playing(self) -> bool:
+        """Some track is playing and not paused (the queue's, or one started directly)."""
+        return self._sender.player.mixer.playing
+
+    def stop(self) -> None:
+        """Stop every track and clear the queue (each ends ``STOPPED``)."""
+        self._sender.queue.stop()
+        self._sender.player.stop_all()
+
+    @property
+    def ducking(self) -> Ducking | None:
+        """How tracks started with ``ducks_others=True`` lower the others; None (the default)
+        disables ducking. A :class:`Ducking` sets the level and the attack and release times."""
+        return self._sender.player.ducking
+
+    @ducking.setter
+    def ducking(self, value: Ducking | None) -> None:
+        self._sender.player.ducking = value
 
     # --- the block ----------------------------------------------------------------------------
 
@@ -660,12 +728,14 @@ class VoiceConnection:
     def _start_tasks(self, nursery: trio.Nursery) -> None:
         inbox, log = self._inbox, self._log
         self._running = True
+        self._sender.player.attach(nursery)
         nursery.start_soon(self._task.run, nursery)
         for task in (
             self._listen,
             self._timers.run,
             self._writer.run,
             self._sender.run,
+            self._sender.queue.run,
         ):
             nursery.start_soon(guarded, trio.CancelScope(), task, inbox, log)
 

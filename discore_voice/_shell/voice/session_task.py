@@ -390,8 +390,9 @@ class SessionTask:
             self._udp = None
 
     def _stop_everything(self) -> None:
-        """The connection is invalid: stop sending, close the sockets, end the subscriptions."""
-        self._sender.close()
+        """The connection is invalid: stop sending (the tracks end with the reason), close the
+        sockets, end the subscriptions."""
+        self._sender.close(self.protocol.session.invalidation)
         self._stop_udp()
         self._close_websocket(1000)
         self._events.close()

@@ -1,8 +1,9 @@
-"""The producer side of sending: Discore's PCM buffer, queued Opus, and the encoder ahead of them.
+"""The producer side of sending: Discore's PCM buffer, the player's mixer, and the encoder.
 
-User calls write PCM (or queue pre-encoded Opus) here; the send clock takes encoded frames out
-through :meth:`PcmProducer.fill` and :meth:`PcmProducer.take`. Encoding happens ahead of the
-clock, a few frames at a time:
+User calls write PCM here (``send_voice_data``); tracks feed the mixer
+(``player/mixer.py``), which mixes them with that PCM frame by frame. The send clock takes
+encoded frames out through :meth:`PcmProducer.fill` and :meth:`PcmProducer.take`. Encoding
+happens ahead of the clock, a frame or a few at a time:
 
 * A libopus encode costs ~130 µs (FEC off) to ~300 µs (FEC on). Handing each frame to
   ``trio.to_thread`` cost ~240 µs of CPU per frame for the same work, so while a process encodes
@@ -24,21 +25,24 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Final, Protocol
+from typing import Final
 
 import trio
 
 from ...._audio.opus import EncoderSettings, OpusEncoder
-from ...._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer, apply_volume
+from ...._core.pcm_buffer import DEFAULT_CAPACITY, PCM_BLOCK_SIZE, PcmBuffer
+from ...._core.voice.events import Invalidated
 from ...._errors import UsageError
+from ..player.mixer import Mixer
 from .encoder_pool import EncodeJob, EncoderPool
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "ENCODE_AHEAD", "OFFLOAD_AHEAD", "PcmProducer", "Wakeup"]
 
-#: Frames encoded before their slot. Two: one covers the encode of the frame after next, the
-#: other a producer that delivers just after a slot. More would only delay what ``paused``
-#: keeps queued.
-ENCODE_AHEAD: Final = 2
+#: Frames mixed and encoded before their slot. One: the clock encodes the next frame right after
+#: it sent one, a full frame before that frame is due, so a change to the mix (a volume, a
+#: pause, an effect) is heard 20-40 ms later. Tracks read ahead on their own, so a late
+#: producer does not starve the encoder.
+ENCODE_AHEAD: Final = 1
 #: Frames encoded ahead while encoding runs on the worker threads: one more, for the hop there
 #: and back (and a worker that waits for the GIL after its encode).
 OFFLOAD_AHEAD: Final = 3
@@ -67,21 +71,13 @@ class Wakeup:
         await self._event.wait()
 
 
-class _Gain(Protocol):
-    """What has a volume (a ``PcmSource``)."""
-
-    @property
-    def volume(self) -> float: ...
-
-
 class PcmProducer:
     """One connection's queued audio, PCM and Opus, and its encoder. ``wakeup`` is poked
     whenever audio is written, for the send task."""
 
     def __init__(self, buffer_size: int, settings: EncoderSettings, wakeup: Wakeup) -> None:
-        self.gain: _Gain | None = None
-        """The source ``play()`` plays, whose volume scales each frame as it is encoded."""
-        self._gain_releasing = False  # play() ended: drop ``gain`` once its frames are out
+        self.mixer = Mixer(wakeup)
+        self._stash: tuple[bool, bytes] | None = None  # a passthrough frame a batch stopped at
         self._buffer = PcmBuffer(buffer_size)
         capacity = self._buffer.capacity
         # At least the part of a frame a full buffer can leave over, or a writer would wait for
@@ -89,8 +85,6 @@ class PcmProducer:
         self._refill_at = max(
             capacity * (30 + secrets.randbelow(41)) // 100, capacity % PCM_BLOCK_SIZE
         )
-        self._opus_capacity = max(1, buffer_size // PCM_BLOCK_SIZE)
-        self._opus: deque[bytes] = deque()
         self._ready: deque[bytes] = deque()
         self._settings = settings
         self._encoder: OpusEncoder | None = None
@@ -122,12 +116,14 @@ class PcmProducer:
     @property
     def bytes_to_send(self) -> int:
         """PCM not yet sent, counting frames already encoded ahead (they are still to be heard)."""
-        queued = len(self._ready) + len(self._opus) + self._in_flight
+        queued = len(self._ready) + self._in_flight
         return self._buffer.bytes_queued + queued * PCM_BLOCK_SIZE
 
     @property
     def frames_pending(self) -> int:
-        return self._buffer.frames_ready + len(self._ready) + len(self._opus) + self._in_flight
+        """Frames made and not yet sent, plus whether the PCM buffer or a track has more."""
+        made = len(self._ready) + self._in_flight + (self._stash is not None)
+        return made + self._buffer.frames_ready + self.mixer.has_audio
 
     @property
     def has_ready_frame(self) -> bool:
@@ -173,36 +169,32 @@ class PcmProducer:
             if self._closed:
                 return
 
-    async def queue_opus(self, packet: bytes) -> None:
-        """Queue one pre-encoded Opus packet, waiting for room (it is sent byte for byte)."""
-        while len(self._opus) >= self._opus_capacity and not self._closed:
-            await self._wait_room()
-        if self._closed:
-            return
-        self._opus.append(packet)
-        self._audio_arrived()
-
     def flush_padded(self) -> None:
         """The audio stopped: pad a partial frame with silence so that it is heard."""
         self._buffer.flush_padded()
         self._audio_arrived()
 
     def clear(self) -> int:
-        """Drop queued audio (PCM, encoded-ahead frames and queued Opus); return the bytes."""
+        """Drop queued PCM and the frames made ahead of sending; return the bytes.
+
+        Tracks keep playing: they are stopped through their handles.
+        """
         dropped = self.bytes_to_send
         self._buffer.clear()
         self._ready.clear()
-        self._opus.clear()
+        self._stash = None
         self._generation += 1  # a job in flight now encodes for nobody
         self._in_flight = 0
+        self.mixer.dropped_queued()
         self.release(force=True)
         return dropped
 
-    def close(self) -> None:
-        """The connection is invalid: drop everything and release every waiter."""
+    def close(self, invalidation: Invalidated | None = None) -> None:
+        """The connection is invalid: drop everything, end every track, release every waiter."""
         if self._closed:
             return
         self._closed = True
+        self.mixer.close(invalidation)
         self.clear()
         self._audio_arrived()
         if self._encoder is not None:
@@ -238,9 +230,7 @@ class PcmProducer:
 
         Called for every frame, so it costs nothing when nobody waits.
         """
-        if self._room_waiters and (
-            force or self._buffer.bytes_queued + len(self._opus) * PCM_BLOCK_SIZE <= self._refill_at
-        ):
+        if self._room_waiters and (force or self._buffer.bytes_queued <= self._refill_at):
             self._room.set()
             self._room = trio.Event()
         if self._drained_waiters and (force or not self.frames_pending):
@@ -256,7 +246,10 @@ class PcmProducer:
     def take(self) -> bytes | None:
         """The next encoded frame, if one is ready."""
         ready = self._ready
-        return ready.popleft() if ready else None
+        if not ready:
+            return None
+        self.mixer.frame_taken()
+        return ready.popleft()
 
     def fill(self, ahead: int = ENCODE_AHEAD, *, inline: bool = False) -> None:
         """Keep up to ``ahead`` frames encoded: on this thread, or on the pool's workers while the
@@ -269,22 +262,22 @@ class PcmProducer:
         if offload:
             ahead = OFFLOAD_AHEAD
         while len(ready) + self._in_flight < ahead and self._job is None:
-            if self._opus:
-                ready.append(self._opus.popleft())
-                took = True
-                continue
             if offload:
                 took = self._submit(ahead - len(ready)) or took
                 break
-            pcm = self._read_frame()
-            if pcm is None:
+            item = self._next_frame()
+            if item is None:
                 break
             took = True
+            passthrough, data = item
+            if passthrough:
+                ready.append(data)
+                continue
             encoder = self._encoder
             if encoder is None:
                 encoder = self._encoder = self._settings.create()
             started = time.perf_counter_ns()
-            packet = encoder.encode(pcm)
+            packet = encoder.encode(data)
             elapsed = time.perf_counter_ns() - started
             self.encode_ns += elapsed
             self.frames_encoded += 1
@@ -294,40 +287,32 @@ class PcmProducer:
         if took:
             self.release()
 
-    def use_gain(self, gain: _Gain) -> None:
-        """``play()`` starts: ``gain.volume`` scales every frame from now on, as it is encoded."""
-        self.gain = gain
-        self._gain_releasing = False
-
-    def release_gain(self) -> None:
-        """``play()`` ended: its volume applies to what it queued, and to nothing after."""
-        if self._buffer.frames_ready:
-            self._gain_releasing = True
-        else:
-            self.gain = None
-
-    def _read_frame(self) -> bytes | None:
-        """The next PCM frame to encode, at the playing source's volume as it is now."""
-        pcm = self._buffer.read_frame()
-        gain = self.gain
-        if gain is None:
-            return pcm
-        if pcm is None:
-            if self._gain_releasing:
-                self.gain = None
-                self._gain_releasing = False
+    def _next_frame(self) -> tuple[bool, bytes] | None:
+        """The next frame to send: the mixer's take on the tracks and the PCM buffer."""
+        stash = self._stash
+        if stash is not None:
+            self._stash = None
+            return stash
+        if self._closed:
             return None
-        volume = gain.volume
-        return pcm if volume == 1.0 else apply_volume(pcm, volume)
+        return self.mixer.next_frame(self._buffer.read_frame())
 
     def _submit(self, count: int) -> bool:
-        """Hand up to ``count`` PCM frames to a worker; False if there was none."""
+        """Hand up to ``count`` PCM frames to a worker; False if there was none. A passthrough
+        frame goes straight out when it comes first, or waits for the batch ahead of it."""
         frames: list[bytes] = []
         while len(frames) < count:
-            pcm = self._read_frame()
-            if pcm is None:
+            item = self._next_frame()
+            if item is None:
                 break
-            frames.append(pcm)
+            passthrough, data = item
+            if passthrough:
+                if frames:
+                    self._stash = item
+                    break
+                self._ready.append(data)
+                return True
+            frames.append(data)
         if not frames:
             return False
         encoder = self._encoder

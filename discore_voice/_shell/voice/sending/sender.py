@@ -1,9 +1,11 @@
 """A connection's send task, and the send side as the connection sees it.
 
-The task prepares each run of audio and hands the frames to the shared send clock (``clock``),
-which drives the connection's :class:`~.stepper.SendStepper` without a task switch per frame;
-``clock``'s docstring has the measurements behind that design. The task itself wakes only for
-events (audio written, the link or the pause changed, the clock letting go), never per frame.
+It also holds the connection's player (its tracks, their mixer and the queue), whose frames
+the producer encodes. The task prepares each run of audio and hands the frames to the shared
+send clock (``clock``), which drives the connection's :class:`~.stepper.SendStepper` without a
+task switch per frame; ``clock``'s docstring has the measurements behind that design. The task
+itself wakes only for events (audio written, the link or the pause changed, the clock letting
+go), never per frame.
 
 When it has audio but no link, it tells the session task (:class:`AudioReady`): the core turns
 speaking on, announces it (Discord drops audio from an SSRC that is not speaking), and pushes a
@@ -22,11 +24,13 @@ import secrets
 import trio
 
 from ...._audio.opus import EncoderSettings
-from ...._audio.sources import AudioSource, PcmSource, SourceKind
 from ...._core.pacing import Pacer
+from ...._core.voice.events import Invalidated
 from ...._errors import NativeLibraryMissing, UsageError
 from ...._native import load_opus, opus_load_attempted
 from ..messages import AudioReady, Message
+from ..player.player import Player
+from ..player.queue import TrackQueue
 from .clock import send_clock
 from .encoder_pool import encoder_pool
 from .producer import PcmProducer, Wakeup
@@ -53,8 +57,9 @@ class VoiceSender:
         # Random starting points, as RFC 3550 asks: receivers must not assume zero.
         pacer = Pacer(sequence=secrets.randbelow(1 << 16), timestamp=secrets.randbelow(1 << 32))
         self.stepper = SendStepper(self.producer, pacer, log)
+        self.player = Player(self.producer.mixer)
+        self.queue = TrackQueue(self.player)
         self._inbox = inbox
-        self._play_lock = trio.Lock()
         self._closed = False
 
     # --- pushed by the session task ---------------------------------------------------------
@@ -66,13 +71,16 @@ class VoiceSender:
         self.stepper.link = link
         self._wakeup.poke()
 
-    def close(self) -> None:
-        """The connection is invalid: drop everything and release every waiter."""
+    def close(self, invalidation: Invalidated | None = None) -> None:
+        """The connection is invalid: drop everything, end every track with ``invalidation``,
+        release every waiter."""
         if self._closed:
             return
         self._closed = True
         self.stepper.link = None
-        self.producer.close()
+        self.player.close(invalidation)
+        self.producer.close(invalidation)
+        self.queue.close(invalidation)
         self._wakeup.poke()
 
     # --- what the connection exposes --------------------------------------------------------
@@ -107,48 +115,6 @@ class VoiceSender:
         if self.stepper.link is None or not pacer.running:
             return None
         return pacer.due_at
-
-    async def play(self, source: AudioSource) -> int:
-        """Play ``source`` to its end; the audio frames sent meanwhile (see VoiceConnection)."""
-        if not isinstance(source, AudioSource):
-            raise UsageError(
-                f"play() needs an AudioSource (PcmSource, OggOpusSource, AvSource), "
-                f"got {type(source).__name__}"
-            )
-        producer = self.producer
-        pacer = self.stepper.pacer
-        async with self._play_lock:
-            start = pacer.stats.frames_sent
-            if isinstance(source, PcmSource):
-                # Its volume is applied as frames are encoded, two ahead: heard 40-60 ms later.
-                source._defer_gain()
-                producer.use_gain(source)
-            try:
-                if self._closed:
-                    return 0
-                async for frame in source:
-                    if source.kind is SourceKind.OPUS:
-                        await producer.queue_opus(frame)
-                    else:
-                        await producer.write(frame)
-                    if self._closed:
-                        break
-                producer.flush_padded()
-                await producer.wait_drained()
-            except trio.Cancelled:
-                if not self._closed:
-                    # What this play queued must not play on after it was cancelled; the pacer
-                    # ends the audio with its silence tail.
-                    producer.clear()
-                    pacer.stop()
-                    self._wakeup.poke()
-                raise
-            finally:
-                # A source that failed leaves its queued frames to play on: at its volume.
-                producer.release_gain()
-                with trio.CancelScope(shield=True):
-                    await source.aclose()
-            return pacer.stats.frames_sent - start
 
     # --- the task ---------------------------------------------------------------------------
 

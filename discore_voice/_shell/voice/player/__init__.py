@@ -1,0 +1,1 @@
+"""A connection's player: tracks, their mixer stage and the queue."""
