@@ -128,8 +128,8 @@ class DuckingEnvelope:
         target = d.level if ducked else 1.0
         span = d.attack if ducked else d.release
         step = (1.0 - d.level) * 0.02 / span if span > 0 else 1.0
-        if start > target:
-            self._gain = max(target, start - step)
-        else:
-            self._gain = min(target, start + step)
+        gain = max(target, start - step) if start > target else min(target, start + step)
+        # Land exactly on the target: a gain of 0.9999999 would keep a lone Ogg track from
+        # passing through again once the ducking is over.
+        self._gain = target if abs(gain - target) < 1e-6 else gain
         return start, self._gain

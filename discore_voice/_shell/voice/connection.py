@@ -258,6 +258,7 @@ class VoiceConnection:
         self._sender = VoiceSender(
             buffer_size, encoder or EncoderSettings(), self._inbox, self._log
         )
+        self._sender.player.mixer.events = self._events  # track events join the voice events
         self._writer = GatewayWriter(bridge, guild, self._inbox, self._log)
         self._timers = Timers(self._inbox)
         user_id = validate_snowflake(bridge.user_id, name="bridge.user_id")
