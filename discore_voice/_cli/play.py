@@ -429,7 +429,8 @@ class Progress:
         try:
             width = os.get_terminal_size(self._stream.fileno()).columns
         except (OSError, ValueError):
-            width = 80
+            width = 0
+        width = width or 80  # a terminal may not know its size (a fresh pty says 0)
         line = progress_line(
             index,
             self.total,

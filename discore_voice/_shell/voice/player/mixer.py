@@ -66,6 +66,13 @@ class Mixer:
         self.tracks.append(track)
         self.wakeup.poke()
 
+    def reopen(self, track: TrackHandle) -> None:
+        """A track that was mixed out seeks back: it is no longer ending."""
+        self._finishing = deque(item for item in self._finishing if item[1] is not track)
+        track._drained = False
+        if track not in self.tracks:
+            self.tracks.append(track)
+
     def stop(self, track: TrackHandle) -> None:
         if track in self.tracks:
             self.tracks.remove(track)

@@ -223,6 +223,8 @@ class TrackHandle:
             raise UsageError(f"{self._source.name} is a stream and cannot seek")
         if self._end is not None:
             return
+        if self._drained and self._mixer is not None:
+            self._mixer.reopen(self)  # mixed out, not yet sent: it plays on from the target
         self._seek_to = position
         self._generation += 1
         self._frames.clear()
