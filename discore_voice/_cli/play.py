@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO
@@ -125,7 +125,10 @@ def _expand(path: Path, listed_at: str | None, into: list[Entry], within: tuple[
     if path.suffix.lower() not in PLAYLIST_SUFFIXES:
         into.append(Entry(path, listed_at))
         return
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: reading it fails below, with its name
+        resolved = path.absolute()
     if resolved in within:
         raise UsageError(f"{path}: a playlist that lists itself (at {listed_at})")
     if len(within) >= _MAX_NESTING:
@@ -310,7 +313,8 @@ def _cbreak(fd: int | None) -> Iterator[None]:
         tty.setcbreak(fd)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with suppress(termios.error):  # a terminal that hung up has nothing to put back
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 async def _read_keys(fd: int, controls: Controls, progress: Progress) -> None:
