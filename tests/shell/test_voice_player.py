@@ -445,3 +445,19 @@ def test_positions_are_checked() -> None:
     for bad in (-1, math.nan, "1", True):
         with pytest.raises(UsageError):
             trio.run(source.seek, bad)
+
+
+async def test_the_next_track_is_preloaded_two_seconds_before_the_end() -> None:
+    with trio.fail_after(WAIT):
+        async with (
+            environment() as env,
+            voice_connection(env.shard, env.guild.id, env.channel.id) as vc,
+        ):
+            first = vc.queue.enqueue(PcmSource.from_bytes(tone(2.6, 400)))
+            second = vc.queue.enqueue(PcmSource.from_bytes(tone(0.2, 800)))
+            await env.voice.wait_for(lambda: len(vc.tracks) == 2)
+            left = 2.6 - first.position
+            assert vc.tracks == (first, second)
+            assert second.state is TrackState.QUEUED  # loaded, waiting for its turn
+            assert 1.5 < left <= 2.05  # two seconds ahead, not the last fifth of a second
+            assert await vc.queue.wait_idle() is None

@@ -1,10 +1,11 @@
 """A connection's track queue: one track after another, gapless, with skip, shuffle and loops.
 
 A task (one per connection, asleep while the queue is empty) starts each track. The next one is
-preloaded as soon as the playing track has read its last frame: its source is opened and read
-ahead while the last 200 ms of the current track are mixed, and the mixer starts it on the
-frame right after the current one's last, so consecutive tracks are consecutive frames on the
-20 ms grid. Until then the upcoming tracks can be reordered freely.
+preloaded two seconds before the playing track's end (when its length is known; for a stream,
+once it has read its last frame, a fifth of a second ahead): its source is opened and read
+ahead, and the mixer starts it on the frame right after the current one's last, so consecutive
+tracks are consecutive frames on the 20 ms grid. Until then the upcoming tracks can be
+reordered freely.
 
 When the connection becomes invalid the queue ends: the playing track and every waiting one end
 ``INVALIDATED`` with the connection's reason, and :meth:`TrackQueue.wait_idle` returns it.
@@ -13,8 +14,10 @@ When the connection becomes invalid the queue ends: the playing track and every 
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import deque
+from typing import Final
 
 import trio
 
@@ -26,6 +29,19 @@ from .player import Player
 from .track import TrackHandle
 
 __all__ = ["QueueLoop", "TrackQueue"]
+
+
+#: How long before the current track's end the next one is opened and read ahead, when the
+#: current one's length is known: time enough for a slow open (a URL, a decoder's start-up).
+PRELOAD_LEAD: Final = 2.0
+
+
+def _remaining(track: TrackHandle) -> float:
+    """Seconds left of ``track`` (infinite when its length is unknown or it loops)."""
+    duration = track.duration
+    if duration is None or track.loops != 0 or track.paused:
+        return math.inf
+    return max(0.0, duration - track.position)
 
 
 class QueueLoop(enum.Enum):
@@ -204,21 +220,34 @@ class TrackQueue:
                 self._items.append(self._player.new_track(current.source, volume=current.volume))
 
     async def _play_out(self, current: TrackHandle) -> None:
-        """Until ``current`` ends, preloading the next track once it has read its last frame."""
+        """Until ``current`` ends, preloading the next track in its last seconds (when its
+        length is known) or once it has read its last frame (streams)."""
         while current.outcome is None:
+            remaining = _remaining(current)
             if (
                 self._preloaded is None
                 and self._items
-                and current._source_done
                 and current.loops == 0
+                and (current._source_done or remaining <= PRELOAD_LEAD)
             ):
                 self._preloaded = self._items.popleft()
                 self._player.start(self._preloaded, after=current)
             read_all = current._read_all
-            if read_all.is_set():
-                await _wait_any(current._ended, self._changed)
+            events = [current._ended, self._changed]
+            if not read_all.is_set():
+                events.append(read_all)
+            # A track's position moves without an event: with a track to preload, look again
+            # when the lead is reached (once: by then it was preloaded).
+            # (A length not known yet, from a source not opened yet: look once a second.)
+            pending = self._preloaded is None and bool(self._items)
+            if not pending or remaining <= PRELOAD_LEAD:
+                timeout = math.inf
+            elif remaining == math.inf:
+                timeout = 1.0 if current.duration is None and not current.paused else math.inf
             else:
-                await _wait_any(current._ended, read_all, self._changed)
+                timeout = remaining - PRELOAD_LEAD
+            with trio.move_on_after(timeout):
+                await _wait_any(*events)
 
     def close(self, invalidation: Invalidated | None) -> None:
         """The connection is invalid: every waiting track ends with it."""
